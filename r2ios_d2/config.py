@@ -1,0 +1,91 @@
+"""Config keys of r2ios_d2: every ``MODEL.R2IOS.*`` and ``MODEL.VGG.*`` key with its default.
+
+The paper's own settings live in the YAML files under ``configs/``; the defaults here are
+those of the paper where it is clear (Liang et al., CVPR 2016, Sec. 3-4) and documented
+choices where it is not (see the README's configuration reference).
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_r2ios_config(cfg: CN) -> None:
+    """Add the R2-IOS config keys to ``cfg`` in place (idempotent).
+
+    Args:
+        cfg: a detectron2 config, e.g. from ``detectron2.config.get_cfg()``.
+    """
+    if "R2IOS" in cfg.MODEL:
+        return
+    _C = cfg
+
+    # ---------------------------------------------------------------- VGG-16 two-branch backbone
+    _C.MODEL.VGG = CN()
+    # Channel multiplier of every conv/fc layer (1.0 = VGG-16; tests use 1/8 or 1/16).
+    _C.MODEL.VGG.WIDTH = 1.0
+    # Output channels of the seg branch's fc6/fc7 convs at WIDTH 1 (DeepLab-LargeFOV: 1024).
+    _C.MODEL.VGG.SEG_FC_DIM = 1024
+    # Dilation of the seg branch's 3x3 fc6 conv (DeepLab-LargeFOV: 12).
+    _C.MODEL.VGG.SEG_FC6_DILATION = 12
+    # Dilation of the seg branch's conv5 layers (pool4 removed -> 2).
+    _C.MODEL.VGG.SEG_CONV5_DILATION = 2
+    # Feature maps the backbone returns: "det" (stride 16) and/or "seg" (stride 8).
+    _C.MODEL.VGG.OUT_FEATURES = ["det", "seg"]
+
+    # ------------------------------------------------------------------------------ R2-IOS
+    _C.MODEL.R2IOS = CN()
+    # T: recursive iterations in training (paper: 4; 1 = "recursive only in testing").
+    _C.MODEL.R2IOS.NUM_ITERATIONS = 4
+    # T at test time (paper: 4).
+    _C.MODEL.R2IOS.TEST_NUM_ITERATIONS = 4
+    # Reversible gate: stage 1 trains without it (False), stage 2 fine-tunes with it (True).
+    _C.MODEL.R2IOS.GATE = False
+    # Gate score at test time: "all" = max over all K+1 classes (paper), "foreground" = over K.
+    _C.MODEL.R2IOS.GATE_SCORE = "all"
+    # Use the segmentation-aware feature concat(fc7, v) for classification and regression.
+    _C.MODEL.R2IOS.SEG_AWARE = True
+    # Mask head variant: "ae" (instance-aware denoising autoencoder), "conv" (no AE),
+    # "fc" (two FC 3200 layers, no bottleneck).
+    _C.MODEL.R2IOS.MASK_VARIANT = "ae"
+    # Side of the pooled confidence maps and of the predicted masks (paper: 40).
+    _C.MODEL.R2IOS.MASK_SIZE = 40
+    # Width of the AE bottleneck (paper: 512).
+    _C.MODEL.R2IOS.AE_HIDDEN_DIM = 512
+    # Feature map of the backbone the mask head scores and pools ("seg" for VGG; "p2" for FPN).
+    _C.MODEL.R2IOS.MASK_IN_FEATURES = ["seg"]
+    # RoIAlign sampling ratio of the 40x40 mask pooling (0 = adaptive).
+    _C.MODEL.R2IOS.MASK_POOLER_SAMPLING_RATIO = 2
+    # Weight of the pixel-wise cross-entropy of the mask head.
+    _C.MODEL.R2IOS.MASK_LOSS_WEIGHT = 1.0
+    # Init std of the mask scoring conv and the AE/fc layers (paper: 0.001).
+    _C.MODEL.R2IOS.MASK_INIT_STD = 0.001
+    # Init std of the class scores (paper: 0.01) and of the box deltas (paper: 0.001).
+    _C.MODEL.R2IOS.CLS_INIT_STD = 0.01
+    _C.MODEL.R2IOS.BOX_INIT_STD = 0.001
+    # Test-time speed lever: proposals predicted background leave the loop (outputs identical).
+    _C.MODEL.R2IOS.SKIP_BACKGROUND = True
+    # Output: "proposal" = one detection per surviving proposal (paper); "per_class" = Fast
+    # R-CNN-style per-class detections from the gate's iteration.
+    _C.MODEL.R2IOS.OUTPUT_MODE = "proposal"
+    # NMS on "box" IoU or on "mask" IoU (threshold: MODEL.ROI_HEADS.NMS_THRESH_TEST).
+    _C.MODEL.R2IOS.NMS_TYPE = "box"
+    # Resample v_{t'} from the frame of l_{t'-1} into the frame of l_{t'} (DESIGN 2.5).
+    _C.MODEL.R2IOS.REFRAME_MASK = True
+    # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
+    _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
+
+    # ------------------------------------------------------------------------- proposals
+    # One folder of per-image proposal files (<image_id>.npz) per dataset in DATASETS.TRAIN /
+    # DATASETS.TEST; empty = take the folder from the dataset's metadata "proposal_dir".
+    _C.DATASETS.PROPOSAL_DIRS_TRAIN = ()
+    _C.DATASETS.PROPOSAL_DIRS_TEST = ()
+    # detectron2 proposal pickles (DATASETS.PROPOSAL_FILES_*) are only read with this opt-in.
+    _C.DATASETS.ALLOW_PICKLE_PROPOSALS = False
+    # Proposals with a side below this many pixels (original image) are dropped.
+    _C.DATASETS.PROPOSAL_MIN_SIZE = 2.0
+
+    # ---------------------------------------------------------------------------- solver
+    # Learning-rate factor for parameters initialised from a pre-trained checkpoint (paper:
+    # 1e-4 for pre-trained layers vs 1e-3 for new ones -> 0.1).
+    _C.SOLVER.PRETRAINED_LR_FACTOR = 1.0
+    # Name prefixes of the parameters that PRETRAINED_LR_FACTOR applies to.
+    _C.SOLVER.PRETRAINED_PARAM_PREFIXES = ["backbone.", "roi_heads.box_head."]
