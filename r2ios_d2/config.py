@@ -70,6 +70,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.NMS_TYPE = "box"
     # Resample v_{t'} from the frame of l_{t'-1} into the frame of l_{t'} (DESIGN 2.5).
     _C.MODEL.R2IOS.REFRAME_MASK = True
+    # Inference also returns the per-iteration trace (boxes, scores, classes, masks, t') as
+    # extra Instances fields, for visualisation and inspection.
+    _C.MODEL.R2IOS.TEST_RECORD_TRACE = False
     # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
     _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
 
