@@ -13,6 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised only without detectron2
         "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from e
 
+from . import data, evaluation, modeling  # noqa: F401  (fills detectron2's registries)
 from .config import add_r2ios_config
 
 __version__ = "0.1.0"
