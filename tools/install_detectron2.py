@@ -156,17 +156,9 @@ def detectron2_importable() -> str | None:
     return list(spec.submodule_search_locations)[0]
 
 
-def install(site_packages: Path, cache_dir: Path, with_deps: bool) -> None:
-    if with_deps:
-        log("installing detectron2's runtime dependencies")
-        subprocess.check_call(
-            [sys.executable, "-m", "pip", "install", "-q", *RUNTIME_REQUIREMENTS]
-        )
-    existing = detectron2_importable()
-    if existing is not None:
-        log(f"detectron2 already importable from {existing}; leaving it alone")
-        return
-    sdist = fetch_sdist(cache_dir)
+def extract_detectron2(sdist: Path, site_packages: Path) -> None:
+    """Copy the ``detectron2/`` package of ``sdist`` into ``site_packages`` with the ``_C``
+    stand-in and a ``.dist-info`` (so ``pip uninstall detectron2`` works)."""
     with tempfile.TemporaryDirectory(dir=site_packages, prefix=".d2-install-") as tmp:
         with tarfile.open(sdist) as tf:
             prefix = "pb1-detectron2-0.6/detectron2/"
@@ -174,7 +166,10 @@ def install(site_packages: Path, cache_dir: Path, with_deps: bool) -> None:
             for m in members:
                 if not (m.isfile() or m.isdir()) or ".." in Path(m.name).parts:
                     raise SystemExit(f"unexpected entry {m.name!r} in {sdist}")
-            tf.extractall(tmp, members=members, filter="data")
+            # The "data" filter (Python >= 3.11.4 / 3.10.12 / 3.9.17) refuses links and
+            # absolute paths; the check above does the same on older interpreters.
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(tmp, members=members, **extra)  # noqa: S202
         pkg = Path(tmp) / "pb1-detectron2-0.6" / "detectron2"
         (pkg / "_C.py").write_text(STAND_IN)
         dist_info = Path(tmp) / f"detectron2-{DETECTRON2_VERSION}.dist-info"
@@ -196,6 +191,17 @@ def install(site_packages: Path, cache_dir: Path, with_deps: bool) -> None:
         shutil.rmtree(site_packages / dist_info.name, ignore_errors=True)
         os.replace(dist_info, site_packages / dist_info.name)
         os.replace(pkg, site_packages / "detectron2")
+
+
+def install(site_packages: Path, cache_dir: Path, with_deps: bool) -> None:
+    existing = detectron2_importable()
+    if existing is not None:
+        log(f"detectron2 already importable from {existing}; leaving it alone")
+        return
+    if with_deps:
+        log("installing detectron2's runtime dependencies")
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *RUNTIME_REQUIREMENTS])
+    extract_detectron2(fetch_sdist(cache_dir), site_packages)
     log(f"installed detectron2 {DETECTRON2_VERSION} (Python only) into {site_packages}")
 
 
