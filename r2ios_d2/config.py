@@ -76,6 +76,13 @@ def add_r2ios_config(cfg: CN) -> None:
     # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
     _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
 
+    # ----------------------------------------------------------------------- checkpoints
+    # Read .pkl weight files (pickle can run code when loaded: only for files you trust).
+    _C.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS = False
+    # Skip checkpoint parameters whose shape differs from the model's (with a warning)
+    # instead of failing, e.g. to fine-tune on another number of classes.
+    _C.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH = False
+
     # ------------------------------------------------------------------------- proposals
     # One folder of per-image proposal files (<image_id>.npz) per dataset in DATASETS.TRAIN /
     # DATASETS.TEST; empty = take the folder from the dataset's metadata "proposal_dir".
