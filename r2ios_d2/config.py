@@ -30,6 +30,8 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.VGG.SEG_CONV5_DILATION = 2
     # Feature maps the backbone returns: "det" (stride 16) and/or "seg" (stride 8).
     _C.MODEL.VGG.OUT_FEATURES = ["det", "seg"]
+    # Dropout probability after the seg branch's fc6/fc7 convs in training (0 = off).
+    _C.MODEL.VGG.SEG_FC_DROPOUT = 0.0
 
     # ------------------------------------------------------------------------------ R2-IOS
     _C.MODEL.R2IOS = CN()
@@ -75,6 +77,10 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.TEST_RECORD_TRACE = False
     # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
     _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
+    # Normaliser of each iteration's mask loss: "fg" = number of sampled foreground RoIs
+    # (mean over foreground RoIs and pixels, as Mask R-CNN), "rois" = all sampled RoIs (as
+    # the Fast R-CNN box loss).
+    _C.MODEL.R2IOS.MASK_LOSS_NORMALIZER = "fg"
 
     # ----------------------------------------------------------------------- checkpoints
     # Read .pkl weight files (pickle can run code when loaded: only for files you trust).
