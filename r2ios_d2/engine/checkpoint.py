@@ -100,9 +100,12 @@ class R2IOSCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
+    def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path!r} does not exist (MODEL.WEIGHTS?)")
+        return super().load(path, checkpointables=checkpointables)
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if not os.path.isfile(filename):
-            raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
         if filename.endswith(".pkl"):
             if not self.allow_pickle:
                 raise CheckpointError(
