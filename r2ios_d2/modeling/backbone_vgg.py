@@ -1,0 +1,205 @@
+"""Two-branch VGG-16 backbone of R2-IOS (DESIGN 2.1).
+
+One trunk (conv1_1 .. conv3_3 with pool1-3, stride 8) feeds two branches with their own
+weights:
+
+- ``det``: conv4_1 .. conv4_3, pool4, conv5_1 .. conv5_3 (stride 16, no pool5), the input of
+  the Fast R-CNN style refinement sub-network;
+- ``seg``: conv4_1 .. conv4_3 (no pool4), conv5_1 .. conv5_3 dilated, then ``seg_fc6`` (3x3,
+  dilated) and ``seg_fc7`` (1x1) as convolutions (DeepLab-LargeFOV style), stride 8, the input
+  of the segmentation sub-network.
+
+Parameter names are fixed (``conv1_1``, ``det_conv4_1``, ``seg_fc6`` ...): the VGG-16 weight
+converter maps the ImageNet layers onto them.
+"""
+
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["VGG16TwoBranch", "build_r2ios_vgg_backbone"]
+
+# Channels of VGG-16's five conv blocks at WIDTH 1 and the number of convs in each.
+_BLOCK_CHANNELS = (64, 128, 256, 512, 512)
+_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+
+
+def _scaled(channels: int, width: float) -> int:
+    """Channel count scaled by the width multiplier, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+class VGG16TwoBranch(Backbone):
+    """VGG-16 trunk with a detection branch (stride 16) and a segmentation branch (stride 8).
+
+    Every conv is a plain ``nn.Conv2d`` followed by ReLU, set directly on this module.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        width: float = 1.0,
+        seg_fc_dim: int = 1024,
+        seg_conv5_dilation: int = 2,
+        seg_fc6_dilation: int = 12,
+        seg_fc_dropout: float = 0.0,
+        out_features: Sequence[str] = ("det", "seg"),
+        freeze_at: int = 0,
+    ):
+        """
+        Args:
+            in_channels: channels of the input image (3).
+            width: channel multiplier of every layer (1.0 = VGG-16).
+            seg_fc_dim: output channels of ``seg_fc6`` / ``seg_fc7`` at width 1.
+            seg_conv5_dilation: dilation of the seg branch's conv5 layers.
+            seg_fc6_dilation: dilation of the 3x3 ``seg_fc6`` conv.
+            seg_fc_dropout: dropout probability after ``seg_fc6`` and ``seg_fc7`` in training
+                (0 = off).
+            out_features: subset of ``("det", "seg")`` to return.
+            freeze_at: freeze the first ``freeze_at`` conv blocks (0 = nothing; 1 = conv1_*,
+                2 = conv1_* + conv2_*, 3 also conv3_*, 4 also both branches' conv4_*, 5 also
+                both branches' conv5_*, 6 also ``seg_fc6`` / ``seg_fc7``).
+        """
+        super().__init__()
+        for name in out_features:
+            if name not in ("det", "seg"):
+                raise ValueError(f"Unknown VGG output feature {name!r}; expected 'det' or 'seg'")
+        if not 0 <= freeze_at <= 6:
+            raise ValueError(f"freeze_at must be in [0, 6], got {freeze_at}")
+        ch = [_scaled(c, width) for c in _BLOCK_CHANNELS]
+        fc_dim = _scaled(seg_fc_dim, width)
+
+        # blocks[k] lists the layer names of conv block k+1; used for freezing.
+        self._blocks: List[List[str]] = [[] for _ in range(6)]
+        prev = in_channels
+        for b in range(3):  # shared trunk
+            for i in range(_BLOCK_DEPTHS[b]):
+                prev = self._add_conv(f"conv{b + 1}_{i + 1}", prev, ch[b], b)
+        trunk_out = prev
+        for branch, dilation5 in (("det", 1), ("seg", seg_conv5_dilation)):
+            prev = trunk_out
+            for b, dilation in ((3, 1), (4, dilation5)):
+                for i in range(_BLOCK_DEPTHS[b]):
+                    name = f"{branch}_conv{b + 1}_{i + 1}"
+                    prev = self._add_conv(name, prev, ch[b], b, dilation=dilation)
+        self._add_conv("seg_fc6", ch[4], fc_dim, 5, dilation=seg_fc6_dilation)
+        self._add_conv("seg_fc7", fc_dim, fc_dim, 5, kernel_size=1)
+        self.seg_fc_dropout = nn.Dropout(seg_fc_dropout) if seg_fc_dropout > 0 else nn.Identity()
+
+        self._out_features = list(out_features)
+        self._out_feature_strides = {"det": 16, "seg": 8}
+        self._out_feature_channels = {"det": ch[4], "seg": fc_dim}
+        self.freeze(freeze_at)
+
+    def _add_conv(
+        self,
+        name: str,
+        in_ch: int,
+        out_ch: int,
+        block: int,
+        *,
+        dilation: int = 1,
+        kernel_size: int = 3,
+    ) -> int:
+        # "same" padding keeps the resolution of dilated convs (the paper adds padding "when
+        # necessary to keep the resolution of feature maps").
+        padding = dilation * (kernel_size // 2)
+        conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation)
+        setattr(self, name, conv)
+        self._blocks[block].append(name)
+        return out_ch
+
+    def freeze(self, freeze_at: int = 0) -> "VGG16TwoBranch":
+        """Stop gradients of the first ``freeze_at`` conv blocks (see ``__init__``).
+
+        Returns:
+            self.
+        """
+        for block in self._blocks[:freeze_at]:
+            for name in block:
+                for p in getattr(self, name).parameters():
+                    p.requires_grad_(False)
+        return self
+
+    def _run(self, names: List[str], x: torch.Tensor) -> torch.Tensor:
+        for name in names:
+            x = F.relu(getattr(self, name)(x), inplace=True)
+        return x
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        # Caffe's VGG pools with ceil rounding; identical to floor on 16-divisible inputs.
+        return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: (N, C, H, W) normalised images (H, W divisible by 16 for exact strides).
+
+        Returns:
+            dict with the requested keys of ``"det"``: (N, 512*width, H/16, W/16) and
+            ``"seg"``: (N, SEG_FC_DIM*width, H/8, W/8).
+        """
+        for b in range(3):
+            x = self._pool(self._run(self._blocks[b][: _BLOCK_DEPTHS[b]], x))
+        out = {}
+        if "det" in self._out_features:
+            y = self._pool(self._run([f"det_conv4_{i}" for i in (1, 2, 3)], x))
+            out["det"] = self._run([f"det_conv5_{i}" for i in (1, 2, 3)], y)
+        if "seg" in self._out_features:
+            y = self._run([f"seg_conv{b}_{i}" for b in (4, 5) for i in (1, 2, 3)], x)
+            y = self.seg_fc_dropout(F.relu(self.seg_fc6(y), inplace=True))
+            out["seg"] = self.seg_fc_dropout(F.relu(self.seg_fc7(y), inplace=True))
+        return out
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """
+        Returns:
+            dict[str, ShapeSpec]: channels and stride of each returned feature map.
+        """
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        # Four 2x poolings in the det branch: pad inputs to a multiple of 16.
+        return 16
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
+        return {
+            "in_channels": input_shape.channels,
+            "width": cfg.MODEL.VGG.WIDTH,
+            "seg_fc_dim": cfg.MODEL.VGG.SEG_FC_DIM,
+            "seg_conv5_dilation": cfg.MODEL.VGG.SEG_CONV5_DILATION,
+            "seg_fc6_dilation": cfg.MODEL.VGG.SEG_FC6_DILATION,
+            "seg_fc_dropout": cfg.MODEL.VGG.SEG_FC_DROPOUT,
+            "out_features": cfg.MODEL.VGG.OUT_FEATURES,
+            "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        }
+
+
+@BACKBONE_REGISTRY.register()
+def build_r2ios_vgg_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> VGG16TwoBranch:
+    """Build :class:`VGG16TwoBranch` from ``cfg.MODEL.VGG.*`` (``MODEL.BACKBONE.NAME:
+    "build_r2ios_vgg_backbone"``).
+
+    Args:
+        cfg: a config with the r2ios keys (``add_r2ios_config``).
+        input_shape: shape of the input image (channels = len(PIXEL_MEAN)).
+
+    Returns:
+        the backbone.
+    """
+    return VGG16TwoBranch(cfg, input_shape)
