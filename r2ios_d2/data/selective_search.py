@@ -1,0 +1,201 @@
+"""Selective search proposals (OpenCV contrib's ``cv2.ximgproc.segmentation``).
+
+:func:`selective_search` computes one image's boxes (a predictor calls it on the fly);
+:func:`compute_proposals` runs it over many images in parallel, resumably, writing one
+``<out_dir>/<image_id>.npz`` per image (format: :mod:`r2ios_d2.data.proposals`).
+``tools/selective_search.py`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .proposals import load_proposal_file, rank_scores, save_proposal_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["selective_search", "compute_proposals", "proposal_recall", "ImageItem"]
+
+# (image_id, file_name, height or -1, width or -1)
+ImageItem = Tuple[str, str, int, int]
+
+
+def _segmentation_module() -> Any:
+    try:
+        return cv2.ximgproc.segmentation
+    except AttributeError as e:
+        raise ImportError(
+            "Selective search needs OpenCV's contrib modules: pip install "
+            "opencv-contrib-python-headless (and uninstall opencv-python, which lacks ximgproc)."
+        ) from e
+
+
+def selective_search(
+    image_bgr: np.ndarray, mode: str = "fast", max_boxes: int = 2000
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Selective search proposals of one image (Uijlings et al., IJCV 2013).
+
+    Args:
+        image_bgr: uint8 image, (H, W, 3) BGR or (H, W) grey.
+        mode: ``"fast"`` or ``"quality"`` (OpenCV's two strategies).
+        max_boxes: keep at most this many, in OpenCV's ranking order.
+
+    Returns:
+        boxes: float32 (N, 4) XYXY in the image's pixels, exact duplicates removed.
+        scores: float32 (N,) rank-based, descending ((N - i) / N).
+    """
+    if mode not in ("fast", "quality"):
+        raise ValueError(f"mode must be 'fast' or 'quality', got {mode!r}")
+    image = np.asarray(image_bgr)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    ss = _segmentation_module().createSelectiveSearchSegmentation()
+    ss.setBaseImage(np.ascontiguousarray(image))
+    if mode == "fast":
+        ss.switchToSelectiveSearchFast()
+    else:
+        ss.switchToSelectiveSearchQuality()
+    rects = np.asarray(ss.process(), np.float32).reshape(-1, 4)  # x, y, w, h
+    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
+    if len(boxes):
+        _, first = np.unique(boxes, axis=0, return_index=True)
+        boxes = boxes[np.sort(first)]
+    boxes = boxes[:max_boxes]
+    return boxes, rank_scores(len(boxes))
+
+
+def _is_done(path: str, image_id: str, height: int, width: int) -> bool:
+    if not os.path.isfile(path):
+        return False
+    try:
+        load_proposal_file(
+            path, image_id, height if height > 0 else None, width if width > 0 else None
+        )
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def _work(job: Tuple[ImageItem, str, str, int]) -> Tuple[str, int, str]:
+    (image_id, file_name, height, width), out_dir, mode, max_boxes = job
+    path = os.path.join(out_dir, f"{image_id}.npz")
+    image = cv2.imread(file_name, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"Cannot read image {file_name}")
+    h, w = image.shape[:2]
+    if height > 0 and (h, w) != (height, width):
+        raise ValueError(f"Image {file_name} is {w}x{h}, but its dataset says {width}x{height}")
+    boxes, scores = selective_search(image, mode, max_boxes)
+    save_proposal_file(path, boxes, scores, image_id, h, w)
+    return image_id, len(boxes), path
+
+
+def compute_proposals(
+    items: Sequence[ImageItem],
+    out_dir: str,
+    mode: str = "fast",
+    max_boxes: int = 2000,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Dict[str, Any]:
+    """Selective search over many images; one ``<out_dir>/<image_id>.npz`` each.
+
+    Resumable: an image whose file exists and is valid for it is skipped (unless
+    ``overwrite``). Files are written atomically, so an interrupted run leaves no partial file.
+
+    Args:
+        items: (image_id, file_name, height, width) per image; height/width -1 if unknown.
+        out_dir: output folder.
+        mode: ``"fast"`` or ``"quality"``.
+        max_boxes: at most this many boxes per image.
+        workers: processes (each with ``cv2.setNumThreads(1)``).
+        overwrite: recompute existing files.
+
+    Returns:
+        ``{"computed": n, "skipped": n, "mean_boxes": float (over computed images)}``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    todo = [
+        it
+        for it in items
+        if overwrite or not _is_done(os.path.join(out_dir, f"{it[0]}.npz"), it[0], it[2], it[3])
+    ]
+    skipped = len(items) - len(todo)
+    if skipped:
+        logger.info(f"Skipping {skipped} images whose proposals exist in {out_dir}")
+    jobs = [(it, out_dir, mode, max_boxes) for it in todo]
+    counts: List[int] = []
+    progress = dict(total=len(jobs), desc=f"selective search ({mode})", unit="img")
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker()
+        for _, n, _ in tqdm(map(_work, jobs), **progress):
+            counts.append(n)
+    else:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else None)
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
+            for _, n, _ in tqdm(pool.imap_unordered(_work, jobs, chunksize=1), **progress):
+                counts.append(n)
+    return {
+        "computed": len(jobs),
+        "skipped": skipped,
+        "mean_boxes": float(np.mean(counts)) if counts else 0.0,
+    }
+
+
+def proposal_recall(
+    dataset_dicts: Sequence[Dict[str, Any]],
+    proposal_dir: str,
+    thresholds: Sequence[float] = (0.5, 0.7),
+    topk: Optional[int] = None,
+) -> Dict[str, float]:
+    """How well proposals cover the ground-truth boxes.
+
+    Args:
+        dataset_dicts: dicts with ``image_id``, ``height``, ``width`` and XYXY_ABS boxes.
+        proposal_dir: folder of ``<image_id>.npz`` files.
+        thresholds: IoU thresholds for recall.
+        topk: use only the first k proposals of each image.
+
+    Returns:
+        ``recall@<t>`` per threshold, ``mabo`` (mean over GT of the best IoU) and
+        ``mean_boxes``.
+    """
+    best: List[float] = []
+    nboxes: List[int] = []
+    for d in dataset_dicts:
+        path = os.path.join(proposal_dir, f"{d['image_id']}.npz")
+        boxes, _ = load_proposal_file(path, d["image_id"], d["height"], d["width"])
+        boxes = boxes[:topk]
+        nboxes.append(len(boxes))
+        gt = np.asarray([a["bbox"] for a in d["annotations"]], np.float64).reshape(-1, 4)
+        if not len(gt):
+            continue
+        if not len(boxes):
+            best.extend([0.0] * len(gt))
+            continue
+        lt = np.maximum(gt[:, None, :2], boxes[None, :, :2])
+        rb = np.minimum(gt[:, None, 2:], boxes[None, :, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+        area_g = np.prod(gt[:, 2:] - gt[:, :2], axis=1)
+        area_b = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+        iou = inter / np.maximum(area_g[:, None] + area_b[None] - inter, 1e-9)
+        best.extend(iou.max(axis=1).tolist())
+    b = np.asarray(best)
+    out = {f"recall@{t:g}": float((b >= t).mean()) if b.size else 0.0 for t in thresholds}
+    out["mabo"] = float(b.mean()) if b.size else 0.0
+    out["mean_boxes"] = float(np.mean(nboxes)) if nboxes else 0.0
+    return out
