@@ -184,7 +184,9 @@ def test_builtin_names_registered_lazily():
     ):
         assert name in DatasetCatalog.list()
         assert MetadataCatalog.get(name).evaluator_type == "sds"
-    assert MetadataCatalog.get("voc_sds_val").split_file.endswith(os.path.join("SBD", "sds_val.txt"))
+    assert MetadataCatalog.get("voc_sds_val").split_file.endswith(
+        os.path.join("SBD", "sds_val.txt")
+    )
 
 
 def test_missing_root_names_expected_layout(tmp_path):

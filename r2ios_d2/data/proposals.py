@@ -33,10 +33,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.data.build import (
-    filter_images_with_only_crowd_annotations,
-    print_instances_class_histogram,
-)
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
@@ -507,6 +504,14 @@ def _dataset_with_proposals(cfg: CfgNode, name: str, is_train: bool) -> List[Dic
     return dicts
 
 
+def _log_class_histogram(dicts: List[Dict[str, Any]], class_names: Sequence[str]) -> None:
+    # detectron2 v0.6's print_instances_class_histogram uses np.int, gone in numpy 2.
+    cats = [a["category_id"] for d in dicts for a in d.get("annotations", [])]
+    counts = np.bincount(np.asarray(cats, np.int64), minlength=len(class_names))
+    text = ", ".join(f"{n}: {int(c)}" for n, c in zip(class_names, counts))
+    logger.info(f"{len(dicts)} training images, {len(cats)} instances ({text})")
+
+
 def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = None) -> Any:
     """detectron2's train loader over ``DATASETS.TRAIN`` with :class:`PrecomputedProposalMapper`.
 
@@ -527,7 +532,7 @@ def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = Non
     if any(c != classes[0] for c in classes):
         raise ValueError(f"DATASETS.TRAIN {names} have different thing_classes.")
     if classes[0] is not None:
-        print_instances_class_histogram(dicts, classes[0])
+        _log_class_histogram(dicts, classes[0])
     if mapper is None:
         mapper = PrecomputedProposalMapper(cfg, True)
     return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
