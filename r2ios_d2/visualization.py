@@ -1,0 +1,157 @@
+"""Pictures of R2-IOS outputs: final detections, and the T iterations of each proposal.
+
+Shared by ``tools/visualize.py`` and ``tools/demo.py``. Final results are drawn with
+detectron2's `Visualizer`; the per-iteration trace is a matplotlib grid (rows = detections,
+columns = iterations), which shows for iteration t the box it started from (l_{t-1}, dashed),
+the mask v_t predicted inside that box, the refined box l_t (solid) and the class score, with
+the reversible gate's choice t' framed in red.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.layers.mask_ops import paste_masks_in_image  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+
+__all__ = ["draw_detections", "draw_trace", "save_figure_atomic"]
+
+
+def draw_detections(
+    image_rgb: np.ndarray,
+    instances: Instances,
+    metadata,
+    score_thresh: float = 0.5,
+) -> np.ndarray:
+    """Final detections over the image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB image, the size of ``instances.image_size``.
+        instances: postprocessed predictions (``pred_masks`` (N, H, W) at image size).
+        metadata: the dataset's metadata (``thing_classes``, ``thing_colors``).
+        score_thresh: detections below this score are not drawn.
+
+    Returns:
+        (H, W, 3) uint8 RGB picture.
+    """
+    inst = instances.to("cpu")
+    inst = inst[inst.scores >= score_thresh]
+    vis = Visualizer(image_rgb, metadata=metadata, instance_mode=ColorMode.IMAGE)
+    return vis.draw_instance_predictions(inst).get_image()
+
+
+def _crop_window(boxes: np.ndarray, h: int, w: int, margin: float = 0.25) -> tuple:
+    x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
+    x1, y1 = boxes[:, 2].max(), boxes[:, 3].max()
+    mx, my = (x1 - x0) * margin + 4, (y1 - y0) * margin + 4
+    return (
+        int(max(0, np.floor(x0 - mx))),
+        int(max(0, np.floor(y0 - my))),
+        int(min(w, np.ceil(x1 + mx))),
+        int(min(h, np.ceil(y1 + my))),
+    )
+
+
+def draw_trace(
+    image_rgb: np.ndarray,
+    instances: Instances,
+    metadata,
+    trace_boxes: torch.Tensor,
+    init_boxes: torch.Tensor,
+    max_instances: int = 4,
+    mask_threshold: float = 0.5,
+):
+    """A grid of the T iterations of the top-scoring detections.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB image.
+        instances: predictions with ``scores``, ``trace_scores`` (N, T), ``trace_classes``
+            (N, T), ``trace_masks`` (N, T, M, M) and ``gate_iteration`` (N,).
+        metadata: the dataset's metadata (``thing_classes``).
+        trace_boxes: (N, T, 4) boxes l_1..l_T in the frame of ``image_rgb``.
+        init_boxes: (N, 4) the proposals l_0 in the frame of ``image_rgb``.
+        max_instances: rows to draw (highest scores first).
+        mask_threshold: probability at which masks are binarised.
+
+    Returns:
+        a matplotlib Figure (save it with :func:`save_figure_atomic`).
+    """
+    inst = instances.to("cpu")
+    order = torch.argsort(inst.scores, descending=True)[:max_instances]
+    h, w = image_rgb.shape[:2]
+    classes = list(metadata.get("thing_classes", []))
+    num = max(1, len(order))
+    T = trace_boxes.shape[1] if len(order) else 1
+    fig, axes = plt.subplots(num, T, figsize=(2.4 * T, 2.4 * num), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, i in enumerate(order.tolist()):
+        frames = torch.cat([init_boxes[i : i + 1], trace_boxes[i]], dim=0)  # l_0 .. l_T
+        x0, y0, x1, y1 = _crop_window(frames.numpy(), h, w)
+        for t in range(T):
+            ax = axes[row, t]
+            mask = paste_masks_in_image(
+                inst.trace_masks[i, t][None].float(),
+                Boxes(frames[t : t + 1]),
+                (h, w),
+                threshold=mask_threshold,
+            )[0].numpy()
+            crop = image_rgb[y0:y1, x0:x1].astype(np.float32)
+            m = mask[y0:y1, x0:x1]
+            crop[m] = 0.5 * crop[m] + 0.5 * np.array([40, 200, 80], np.float32)
+            ax.imshow(crop.astype(np.uint8), extent=(x0, x1, y1, y0))
+            for box, style in ((frames[t], "--"), (frames[t + 1], "-")):
+                bx0, by0, bx1, by1 = box.tolist()
+                ax.add_patch(
+                    plt.Rectangle(
+                        (bx0, by0), bx1 - bx0, by1 - by0, fill=False, ls=style, lw=1.5, ec="yellow"
+                    )
+                )
+            c = int(inst.trace_classes[i, t])
+            name = classes[c] if c < len(classes) else "bg"
+            chosen = int(inst.gate_iteration[i]) == t
+            score = float(inst.trace_scores[i, t])
+            ax.set_title(
+                f"t={t + 1}{' (gate)' if chosen else ''}\n{name} {score:.2f}",
+                fontsize=8,
+                color="red" if chosen else "black",
+            )
+            if chosen:
+                ax.axis("on")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("red")
+                    spine.set_linewidth(3)
+    fig.suptitle(
+        "R2-IOS iterations: dashed = input box l(t-1), solid = refined box l(t)", fontsize=9
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_figure_atomic(fig, path: str, dpi: int = 110) -> None:
+    """Save a matplotlib figure (or an RGB array) as PNG via a temporary file + rename."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        if isinstance(fig, np.ndarray):
+            plt.imsave(tmp, fig)
+        else:
+            fig.savefig(tmp, dpi=dpi)
+            plt.close(fig)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
