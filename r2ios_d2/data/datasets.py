@@ -24,7 +24,9 @@ Expected layouts (as the public releases unpack)::
     SBD/cls/<id>.mat      GTcls: Segmentation, Boundaries, CategoriesPresent (not needed here)
     SBD/{train,val}.txt, SBD/sds_train.txt, SBD/sds_val.txt
 
-The SDS split files are not part of the SBD release: ``sds_train.txt`` is SBD's
+The VOC tarball unpacks to ``VOCdevkit/VOC2012`` and SBD's to ``benchmark_RELEASE/dataset``:
+link (or move) them to ``VOC2012`` and ``SBD``. The SDS split files are not part of the SBD
+release: ``sds_train.txt`` is SBD's
 ``train_noval.txt`` (5623 ids) and ``sds_val.txt`` is every other SBD id (5732), e.g.
 ``cat train.txt val.txt | sort | comm -23 - <(sort train_noval.txt) > sds_val.txt``.
 
