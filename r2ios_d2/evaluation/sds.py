@@ -87,7 +87,10 @@ def _masks_to_rles(masks: torch.Tensor, mask_threshold: float) -> List[Dict[str,
         masks = masks >= mask_threshold
     if masks.shape[0] == 0:
         return []
-    arr = np.asfortranarray(masks.cpu().numpy().transpose(1, 2, 0).astype(np.uint8))
+    # pycocotools wants (H, W, N) in Fortran order, i.e. (N, W, H) in C order: one transposing
+    # copy of the uint8 view (no bool -> uint8 conversion pass).
+    u8 = masks.cpu().numpy().view(np.uint8)
+    arr = np.ascontiguousarray(u8.transpose(0, 2, 1)).transpose(2, 1, 0)
     return [_rle_to_json(r) for r in mask_util.encode(arr)]
 
 
@@ -305,14 +308,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
-    """Write JSON to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+def write_json_atomic(
+    path: str, obj: Any, indent: Optional[int] = None, sanitize: bool = True
+) -> None:
+    """Write strict JSON to a temp file in the same folder, then ``os.replace`` it onto ``path``.
+
+    ``sanitize`` turns NaN / inf into null (skip it for large objects known to be finite).
+    """
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=d)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, indent=indent, allow_nan=False)
+            f.write(
+                json.dumps(_json_safe(obj) if sanitize else obj, indent=indent, allow_nan=False)
+            )
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -340,8 +350,8 @@ def save_predictions(
                 "instances": [
                     {
                         "category_id": int(c),
-                        "score": float(s),
-                        "bbox": [float(x) for x in b],
+                        "score": float(s) if np.isfinite(s) else None,
+                        "bbox": [float(x) if np.isfinite(x) else None for x in b],
                         "segmentation": _rle_to_json(m),
                     }
                     for c, s, b, m in zip(p["classes"], p["scores"], p["boxes"], p["masks"])
@@ -350,7 +360,7 @@ def save_predictions(
             for p in predictions
         ],
     }
-    write_json_atomic(path, doc)
+    write_json_atomic(path, doc, sanitize=False)
 
 
 def load_predictions(path: str) -> Dict[str, Any]:
