@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import uuid
 
 import numpy as np
@@ -39,6 +40,7 @@ def _files(root):
 
 
 def test_same_seed_gives_identical_files(syn_root, tmp_path):
+    time.sleep(1.1)  # a clock second later: nothing time-dependent (e.g. .mat headers) may leak
     other = str(tmp_path / "again")
     generate_synthetic_dataset(other, **SMALL)
     a, b = _files(syn_root), _files(other)

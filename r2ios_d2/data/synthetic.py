@@ -49,6 +49,7 @@ Difficulty statistics of the default dataset (``--num-train 160 --num-val 60 --s
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -339,6 +340,20 @@ def _boundaries(masks: List[np.ndarray]) -> np.ndarray:
 # ------------------------------------------------------------------------------ writing
 
 
+def _savemat(path: str, content: Dict[str, Any]) -> None:
+    """``scipy.io.savemat`` (MATLAB 5 format, compressed) with a fixed header text.
+
+    The 116-byte descriptive header normally holds the creation time, which would make two
+    runs with the same seed write different bytes.
+    """
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, content, do_compression=True)
+    data = bytearray(buf.getvalue())
+    data[:116] = b"MATLAB 5.0 MAT-file, written by r2ios_d2.data.synthetic".ljust(116)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
 def _write_image(
     out: str, image_id: str, image: np.ndarray, inst_map: np.ndarray, classes: List[int]
 ) -> None:
@@ -353,7 +368,7 @@ def _write_image(
         cls_map[inst_map == k + 1] = c + 1
     inst_masks = [inst_map == k + 1 for k in range(n)]
     present = sorted({c + 1 for c in classes})
-    scipy.io.savemat(
+    _savemat(
         os.path.join(sbd, "inst", f"{image_id}.mat"),
         {
             "GTinst": {
@@ -362,9 +377,8 @@ def _write_image(
                 "Categories": np.asarray([c + 1 for c in classes], np.uint8).reshape(-1, 1),
             }
         },
-        do_compression=True,
     )
-    scipy.io.savemat(
+    _savemat(
         os.path.join(sbd, "cls", f"{image_id}.mat"),
         {
             "GTcls": {
@@ -375,7 +389,6 @@ def _write_image(
                 "CategoriesPresent": np.asarray(present, np.uint8).reshape(-1, 1),
             }
         },
-        do_compression=True,
     )
     void = _void_band(inst_map)
     for sub, arr in (("SegmentationObject", inst_map), ("SegmentationClass", cls_map)):
