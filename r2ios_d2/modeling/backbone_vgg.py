@@ -112,6 +112,11 @@ class VGG16TwoBranch(Backbone):
         # necessary to keep the resolution of feature maps").
         padding = dilation * (kernel_size // 2)
         conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation)
+        # He init as torchvision's VGG: without BatchNorm, PyTorch's default init shrinks the
+        # signal ~3x per layer, so a from-scratch 16-layer net barely trains. Pre-trained
+        # ImageNet weights (tools/convert_vgg16.py) replace it in real runs.
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.constant_(conv.bias, 0.0)
         setattr(self, name, conv)
         self._blocks[block].append(name)
         return out_ch

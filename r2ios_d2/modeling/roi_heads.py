@@ -33,6 +33,8 @@ __all__ = ["R2IOSROIHeads", "reframe_masks", "scale_trace_boxes"]
 
 logger = logging.getLogger(__name__)
 
+# Refined boxes with a side below this many pixels are rejected (the box stays where it was).
+_MIN_BOX_SIDE = 1.0
 # Mask-IoU NMS compares masks pasted on a grid whose longer side is at most this many pixels
 # (the masks themselves are only MASK_SIZE wide, so a finer grid adds little).
 _MASK_NMS_MAX_SIDE = 320
@@ -298,8 +300,27 @@ class R2IOSROIHeads(StandardROIHeads):
     def _decode(self, deltas: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor):
         """Apply the deltas of the given classes (R,) in [0, K) to boxes (R, 4)."""
         if deltas.shape[1] > 4:  # class-specific regression
-            deltas = deltas.view(len(deltas), -1, 4)[torch.arange(len(deltas)), classes]
+            deltas = deltas.view(len(deltas), deltas.shape[1] // 4, 4)
+            deltas = deltas[torch.arange(len(deltas)), classes]
         return self.box_predictor.box2box_transform.apply_deltas(deltas, boxes)
+
+    def _refine(
+        self, deltas: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, hw: torch.Tensor
+    ) -> torch.Tensor:
+        """``l_t = decode(l_{t-1}, o_{t,c})`` clipped to the image; a box that would collapse
+        (a side under ``_MIN_BOX_SIDE`` px, e.g. moved off the image by a wild early
+        prediction) keeps ``l_{t-1}``, as its targets and pooling would be undefined.
+
+        Args:
+            deltas: (R, 4K or 4) predicted deltas; boxes: (R, 4) ``l_{t-1}``;
+            classes: (R,) in [0, K); hw: (R, 2) image (H, W) of each row.
+
+        Returns:
+            (R, 4) ``l_t``.
+        """
+        new = _clip(self._decode(deltas, boxes, classes), hw)
+        ok = ((new[:, 2:] - new[:, :2]) >= _MIN_BOX_SIDE).all(dim=1, keepdim=True)
+        return torch.where(ok, new, boxes)
 
     @staticmethod
     def _flatten(proposals: List[Instances], field: str):
@@ -367,7 +388,7 @@ class R2IOSROIHeads(StandardROIHeads):
             if len(fg_idx) == 0:
                 break
             with torch.no_grad():  # l_t is detached between iterations
-                cur = _clip(self._decode(iters[-1][2], cur, fg_cls), hw[fg_idx])
+                cur = self._refine(iters[-1][2], cur, fg_cls, hw[fg_idx])
             logits, deltas, v = self._predict(
                 box_features, scored, _split_by_image(cur, fg_image, num_images)
             )
@@ -483,9 +504,8 @@ class R2IOSROIHeads(StandardROIHeads):
             gate = score if self.gate_score == "all" else probs[:, :K].max(dim=1).values
             moving = cls < K
             new_boxes = in_boxes.clone()
-            new_boxes[moving] = _clip(
-                self._decode(deltas[moving], in_boxes[moving], cls[moving]),
-                hw[active[moving]],
+            new_boxes[moving] = self._refine(
+                deltas[moving], in_boxes[moving], cls[moving], hw[active[moving]]
             )
             mask_probs = self.mask_head.foreground_probs(v)
             # Strictly better only: a tie keeps the earliest iteration.

@@ -1,0 +1,470 @@
+"""R2-IOS model: backbone, mask head, seg-aware predictor and the recursive ROI heads."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import make_synthetic_inputs, tiny_r2ios_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone, build_model, build_roi_heads
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch.nn import functional as F
+
+from r2ios_d2.modeling import InstanceAwareAEMaskHead, R2IOSROIHeads, reframe_masks
+
+VGG_CONVS = [
+    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+    *[f"{b}_conv{k}_{i}" for b in ("det", "seg") for k in (4, 5) for i in (1, 2, 3)],
+    "seg_fc6", "seg_fc7",
+]  # fmt: skip
+
+
+def _build(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def _features_and_sampled(model, inputs):
+    """Backbone features and sampled proposals exactly as GeneralizedRCNN would make them."""
+    images = model.preprocess_image(inputs)
+    features = model.backbone(images.tensor)
+    proposals = [x["proposals"] for x in inputs]
+    targets = [x["instances"] for x in inputs]
+    with EventStorage():
+        sampled = model.roi_heads.label_and_sample_proposals(proposals, targets)
+    return features, sampled
+
+
+# ------------------------------------------------------------------------------- backbone
+def test_backbone_shapes_names_and_strides():
+    cfg = tiny_r2ios_cfg(width=1 / 16)
+    bb = build_backbone(cfg)
+    assert [n for n, _ in bb.named_children() if n in VGG_CONVS] == VGG_CONVS
+    for name in VGG_CONVS:
+        assert type(getattr(bb, name)) is torch.nn.Conv2d
+    assert bb.seg_conv5_1.dilation == (2, 2) and bb.seg_fc6.dilation == (12, 12)
+    assert bb.seg_fc7.kernel_size == (1, 1)
+    out = bb(torch.randn(2, 3, 96, 128))
+    shapes = bb.output_shape()
+    assert out["det"].shape == (2, 32, 6, 8) and shapes["det"] == ShapeSpec(channels=32, stride=16)
+    assert out["seg"].shape == (2, 64, 12, 16) and shapes["seg"] == ShapeSpec(channels=64, stride=8)
+    assert bb.size_divisibility == 16
+    cfg.MODEL.VGG.OUT_FEATURES = ["seg"]
+    assert list(build_backbone(cfg)(torch.randn(1, 3, 64, 64))) == ["seg"]
+
+
+@pytest.mark.parametrize("freeze_at", [0, 2, 4])
+def test_backbone_freeze_at(freeze_at):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    bb = build_backbone(cfg)
+    blocks = ["conv1_", "conv2_", "conv3_", "conv4_", "conv5_", "seg_fc"]
+    for name in VGG_CONVS:
+        block = next(i for i, b in enumerate(blocks) if b in name)
+        frozen = not getattr(bb, name).weight.requires_grad
+        assert frozen == (block < freeze_at), name
+
+
+# ------------------------------------------------------------------------------ mask head
+def test_pool_after_score_equals_pool_then_score():
+    torch.manual_seed(0)
+    shape = {"seg": ShapeSpec(channels=8, stride=8)}
+    head = InstanceAwareAEMaskHead(shape, in_features=["seg"], mask_size=12, variant="conv")
+    torch.nn.init.normal_(head.score.weight, std=1.0)
+    torch.nn.init.normal_(head.score.bias, std=1.0)
+    feats = torch.randn(1, 8, 16, 16)  # a 128 x 128 image
+    boxes = [Boxes(torch.tensor([[20.0, 24.0, 90.0, 70.0], [40.0, 30.0, 60.0, 110.0]]))]
+    scored_first = head(head.score_maps({"seg": feats}), boxes)
+    pooled = head.pooler([feats], boxes)  # (R, 8, M, M), then the 1x1 conv
+    pooled_first = head.score(pooled)
+    torch.testing.assert_close(scored_first, pooled_first, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["ae", "conv", "fc"])
+def test_mask_head_variants_shapes(variant):
+    shape = {"seg": ShapeSpec(channels=8, stride=8)}
+    head = InstanceAwareAEMaskHead(shape, in_features=["seg"], mask_size=10, variant=variant)
+    captured = []
+    boxes = [Boxes(torch.rand(3, 4) * 10 + torch.tensor([0, 0, 20, 20]))] * 2
+    v = head(head.score_maps({"seg": torch.randn(2, 8, 8, 8)}), boxes, captured)
+    assert v.shape == (6, 2, 10, 10) and captured[0].shape == (6, 2, 10, 10)
+    names = {n for n, _ in head.named_parameters()}
+    expected = {"ae": {"ae_fc1.weight", "ae_fc2.weight"}, "fc": {"fc1.weight", "fc2.weight"}}
+    assert expected.get(variant, set()) <= names
+    assert (variant == "conv") == torch.equal(v, captured[0])
+
+
+def test_reframe_masks_hand_case():
+    m = torch.arange(16, dtype=torch.float32).view(1, 4, 4) + 1.0
+    src = torch.tensor([[0.0, 0.0, 40.0, 40.0]])
+    torch.testing.assert_close(reframe_masks(m, src, src), m)
+    # One cell (10 px) to the right: column j of the new frame is column j+1 of the old one,
+    # and the last column lies outside the source box (zero).
+    shifted = reframe_masks(m, src, torch.tensor([[10.0, 0.0, 50.0, 40.0]]))
+    expected = torch.cat([m[:, :, 1:], torch.zeros(1, 4, 1)], dim=2)
+    torch.testing.assert_close(shifted, expected)
+    # Half-size box at the top-left: centres 2.5, 7.5, 12.5, 17.5 px fall on 0.25, 0.75, 1.25,
+    # 1.75 source cells; bilinear with zero outside.
+    half = reframe_masks(torch.ones(1, 4, 4), src, torch.tensor([[0.0, 0.0, 20.0, 20.0]]))
+    w = torch.tensor([0.75, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(half[0], w[:, None] * w[None, :])
+
+
+# ---------------------------------------------------------------------------- training
+def test_train_losses_and_gradients_reach_every_parameter(synthetic_inputs):
+    model = _build(tiny_r2ios_cfg())
+    model.train()
+    with EventStorage() as storage:
+        losses = model(synthetic_inputs)
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+        assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+        assert "r2ios/loss_cls_t4" in storage.latest() and "r2ios/gate_frac_t4" in storage.latest()
+        # The classification loss alone reaches the mask head through the seg-aware feature v.
+        losses["loss_cls"].backward(retain_graph=True)
+        mh = model.roi_heads.mask_head
+        for p in (mh.ae_fc1.weight, mh.ae_fc2.weight, mh.score.weight):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        model.zero_grad()
+        sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert missing == []
+
+
+def _scripted_predict(heads, script, record):
+    """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``."""
+
+    def fake(box_features, scored, boxes):
+        n = sum(len(b) for b in boxes)
+        record.append(n)
+        return script(len(record) - 1, n)
+
+    heads._predict = fake
+
+
+def _train_case():
+    """One image, 4 sampled proposals: 2 foreground (classes 0, 1), 2 background."""
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 10:30, 10:30] = True
+    masks[1, 30:60, 20:50] = True
+    p = Instances((64, 64))
+    boxes = [[8.0, 8, 32, 32], [28, 28, 52, 62], [0, 40, 20, 60], [40, 0, 63, 20]]
+    p.proposal_boxes = Boxes(torch.tensor(boxes))
+    p.gt_classes = torch.tensor([0, 1, 2, 2])
+    p.gt_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30], [20, 30, 50, 60]])[[0, 1, 0, 0]])
+    p.gt_masks = BitMasks(torch.stack([masks[0], masks[1], masks[0], masks[0]]))
+    return p
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_gate_drops_losses_after_t_prime_and_background_runs_once(gate):
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.GATE = gate
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    model = _build(cfg)
+    heads = model.roi_heads
+    # GT-class probabilities of the two foreground proposals at t = 1..4:
+    # A: .5 .8 .8 .3 -> t' = 2 (tie -> earliest); B: .9 .5 .5 .5 -> t' = 1.
+    p_gt = torch.tensor([[0.5, 0.8, 0.8, 0.3], [0.9, 0.5, 0.5, 0.5]])
+    bg_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])  # background rows, t = 1 only
+
+    def fg_logits(t):
+        # rows (A, class 0), (B, class 1): log-probabilities with p_gt on the GT class
+        la = torch.log(torch.stack([p_gt[0, t], (1 - p_gt[0, t]) / 2, (1 - p_gt[0, t]) / 2]))
+        lb = torch.log(torch.stack([(1 - p_gt[1, t]) / 2, p_gt[1, t], (1 - p_gt[1, t]) / 2]))
+        return torch.stack([la, lb])
+
+    def script(t, n):
+        logits = fg_logits(t) if t else torch.cat([fg_logits(0), bg_logits])
+        logits = logits.clone().requires_grad_(True)
+        return logits, torch.zeros(n, 8), torch.zeros(n, 2, 8, 8, requires_grad=True)
+
+    record = []
+    _scripted_predict(heads, script, record)
+    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    losses = heads.forward_train(features, [_train_case()])
+    assert record == [4, 2, 2, 2]  # background proposals are computed once
+
+    ce = -torch.log(p_gt)  # (2, T)
+    bg_ce = F.cross_entropy(bg_logits, torch.tensor([2, 2]), reduction="sum")
+    counted = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]) if gate else torch.ones(2, 4)
+    bg_weight = 1 if gate else 4
+    expected_cls = ((ce * counted).sum() + bg_weight * bg_ce) / 4
+    torch.testing.assert_close(losses["loss_cls"], expected_cls)
+    # v = 0 gives log 2 per pixel; normalised by the 2 foreground RoIs per iteration.
+    torch.testing.assert_close(losses["loss_mask"], counted.sum() * math.log(2) / 2)
+    assert losses["loss_box_reg"] > 0
+
+
+def test_t1_conv_without_seg_aware_is_fast_rcnn(synthetic_inputs):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.NUM_ITERATIONS = 1
+    cfg.MODEL.R2IOS.MASK_VARIANT = "conv"
+    cfg.MODEL.R2IOS.SEG_AWARE = False
+    model = _build(cfg)
+    torch.nn.init.normal_(model.roi_heads.box_predictor.bbox_pred.weight, std=0.05)
+    std_cfg = cfg.clone()
+    std_cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    std_cfg.MODEL.MASK_ON = False
+    std = build_roi_heads(std_cfg, model.backbone.output_shape())
+    std.box_head.load_state_dict(model.roi_heads.box_head.state_dict())
+    std.box_predictor.load_state_dict(model.roi_heads.box_predictor.state_dict())
+    model.train()
+    std.train()
+    features, sampled = _features_and_sampled(model, synthetic_inputs)
+    with EventStorage():
+        ours = model.roi_heads.forward_train(features, copy.deepcopy(sampled))
+        theirs = std._forward_box(features, copy.deepcopy(sampled))
+    for k in ("loss_cls", "loss_box_reg"):
+        torch.testing.assert_close(ours[k], theirs[k])
+    assert theirs["loss_box_reg"] > 0.01
+
+
+# ---------------------------------------------------------------------------- inference
+def _inference_model(inputs, bg_fraction=0.5, **r2ios):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
+    for k, v in r2ios.items():
+        setattr(cfg.MODEL.R2IOS, k, v)
+    model = _build(cfg).eval()
+    heads, pred = model.roi_heads, model.roi_heads.box_predictor
+    # Spread the class scores and box deltas so that proposals move and change class between
+    # iterations, and shift the background logit so that ~bg_fraction of the proposals are
+    # predicted background at iteration 1.
+    torch.nn.init.normal_(pred.cls_score.weight, std=0.3)
+    torch.nn.init.normal_(pred.bbox_pred.weight, std=0.05)
+    with torch.no_grad():
+        feats = model.backbone(model.preprocess_image(inputs).tensor)
+        scored = heads.mask_head.score_maps(feats)
+        boxes = [x["proposals"].proposal_boxes for x in inputs]
+        logits = heads._predict([feats[f] for f in heads.box_in_features], scored, boxes)[0]
+        margin = logits[:, -1] - logits[:, :-1].max(dim=1).values
+        pred.cls_score.bias[-1] -= margin.quantile(1 - bg_fraction)
+    return model
+
+
+@pytest.mark.parametrize("output_mode", ["proposal", "per_class"])
+def test_inference_output_fields_and_shapes(synthetic_inputs, output_mode):
+    model = _inference_model(synthetic_inputs, OUTPUT_MODE=output_mode)
+    with torch.no_grad():
+        outputs = model(synthetic_inputs)
+    T, M = 4, 40
+    for out, inp in zip(outputs, synthetic_inputs):
+        inst = out["instances"]
+        n = len(inst)
+        assert 0 < n <= 100
+        assert inst.pred_boxes.tensor.shape == (n, 4) and inst.scores.shape == (n,)
+        assert inst.pred_classes.max() < 3 and (inst.scores[:-1] >= inst.scores[1:]).all()
+        assert inst.pred_masks.shape == (n, inp["height"], inp["width"])  # pasted
+        assert inst.trace_boxes.shape == (n, T, 4) and inst.trace_scores.shape == (n, T)
+        assert inst.trace_classes.shape == (n, T) and inst.trace_masks.shape == (n, T, M, M)
+        assert inst.gate_iteration.shape == (n,)
+        rows = torch.arange(n)
+        assert torch.equal(inst.trace_scores.argmax(1), inst.gate_iteration)
+        if output_mode == "proposal":
+            assert torch.equal(inst.trace_classes[rows, inst.gate_iteration], inst.pred_classes)
+
+
+def test_raw_masks_are_probabilities_in_output_box_frame(synthetic_inputs):
+    model = _inference_model(synthetic_inputs)
+    images = model.preprocess_image(synthetic_inputs)
+    with torch.no_grad():
+        feats = model.backbone(images.tensor)
+        inst = model.roi_heads(images, feats, [x["proposals"] for x in synthetic_inputs])[0][0]
+        rows = torch.arange(len(inst))
+        g = inst.gate_iteration
+        assert inst.pred_masks.shape == (len(inst), 1, 40, 40)
+        assert inst.pred_masks.min() >= 0 and inst.pred_masks.max() <= 1
+        torch.testing.assert_close(inst.trace_boxes[rows, g], inst.pred_boxes.tensor)
+        frame = torch.where((g > 0)[:, None], inst.trace_boxes[rows, (g - 1).clamp(min=0)], 0)
+        first = g == 0  # frame l_0 = the proposal box, not in the trace
+        masks, boxes = inst.trace_masks[rows, g][~first], inst.pred_boxes.tensor[~first]
+        reframed = reframe_masks(masks, frame[~first], boxes)
+        torch.testing.assert_close(inst.pred_masks[~first, 0], reframed)
+
+
+def test_skip_background_gives_identical_outputs(synthetic_inputs):
+    model = _inference_model(synthetic_inputs)
+    heads = model.roi_heads
+    predict = heads._predict
+    rows = []
+
+    def spy(*args):
+        out = predict(*args)
+        rows.append(len(out[0]))
+        return out
+
+    heads._predict = spy
+    results = {}
+    for skip in (False, True):
+        heads.skip_background = skip
+        rows.clear()
+        with torch.no_grad():
+            results[skip] = [o["instances"] for o in model(synthetic_inputs)]
+        if skip:  # the test is only meaningful if some, not all, proposals were skipped
+            assert 0 < rows[-1] < rows[0]
+        else:
+            assert len(set(rows)) == 1
+    for off, on in zip(results[False], results[True]):
+        assert set(off.get_fields()) == set(on.get_fields())
+        for k, v in off.get_fields().items():
+            v = v.tensor if isinstance(v, Boxes) else v
+            w = on.get(k).tensor if isinstance(on.get(k), Boxes) else on.get(k)
+            assert torch.equal(v, w), k
+
+
+@pytest.mark.parametrize("gate_score", ["all", "foreground"])
+def test_gate_picks_documented_iteration(gate_score):
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0  # keep every output
+    cfg.MODEL.R2IOS.GATE_SCORE = gate_score
+    cfg.MODEL.R2IOS.SKIP_BACKGROUND = False
+    cfg.MODEL.R2IOS.REFRAME_MASK = False
+    cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads.eval()
+    # Class probabilities (class 0, class 1, background) of 4 proposals at t = 1..4.
+    probs = torch.tensor(
+        [
+            [[0.6, 0.2, 0.2], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.7, 0.2, 0.1]],  # tie
+            [[0.2, 0.7, 0.1]] * 4,  # all equal -> first
+            [[0.5, 0.1, 0.4], [0.3, 0.1, 0.6], [0.55, 0.1, 0.35], [0.4, 0.1, 0.5]],  # bg best
+            [[0.4, 0.3, 0.3], [0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1]],  # last
+        ]
+    )
+    # (dx, dy, dw, dh) = (1, 0, 0, 0) with weights (10, 10, 5, 5): +0.1 box width per move.
+    deltas = torch.tensor([1.0, 0, 0, 0]).repeat(4, 2)
+
+    def script(t, n):
+        v = torch.zeros(n, 2, 8, 8)
+        v[:, 1] = t + 1.0  # foreground probability sigmoid(t + 1) identifies the iteration
+        return torch.log(probs[:, t]), deltas, v
+
+    _scripted_predict(heads, script, [])
+    p = Instances((64, 64))
+    p.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30]]).repeat(4, 1))
+    feats = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    inst = heads.forward_inference(feats, [p])[0]
+    expect_t = {"all": [1, 0, 1, 3], "foreground": [1, 0, 2, 3]}[gate_score]
+    # Background-predicted proposals keep their box: proposal 2 moves at t = 1 and t = 3 only.
+    moves = [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]]
+    expected = []
+    for i, t in enumerate(expect_t):
+        cls = int(probs[i, t].argmax())
+        if cls == 2:  # background at t' -> no output
+            continue
+        dx = 2.0 * sum(moves[i][: t + 1])
+        expected.append((float(probs[i, t].max()), cls, t, 10 + dx))
+    expected.sort(reverse=True)
+    assert len(inst) == len(expected)
+    for k, (score, cls, t, x0) in enumerate(expected):
+        assert inst.scores[k].item() == pytest.approx(score, abs=1e-5)
+        assert inst.pred_classes[k].item() == cls and inst.gate_iteration[k].item() == t
+        assert inst.pred_boxes.tensor[k, 0].item() == pytest.approx(x0, abs=1e-4)
+        mask_value = torch.sigmoid(torch.tensor(t + 1.0))
+        torch.testing.assert_close(inst.pred_masks[k], torch.full((1, 8, 8), mask_value.item()))
+
+
+def test_mask_nms_suppresses_duplicates(synthetic_inputs):
+    model = _inference_model(synthetic_inputs, NMS_TYPE="mask")
+    mh = model.roi_heads.mask_head  # masks with structure, not ~0.5 everywhere
+    torch.nn.init.normal_(mh.score.weight, std=0.5)
+    for fc in (mh.ae_fc1, mh.ae_fc2):
+        torch.nn.init.normal_(fc.weight, std=0.05)
+    with torch.no_grad():
+        inst = model(synthetic_inputs[:1])[0]["instances"]
+    masks = inst.pred_masks.flatten(1).float()
+    inter = masks @ masks.T
+    area = masks.sum(1)
+    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
+    same = inst.pred_classes[:, None] == inst.pred_classes[None]
+    off_diag = ~torch.eye(len(inst), dtype=torch.bool)
+    assert (area > 0).sum() > 1
+    assert (iou[same & off_diag] <= 0.5).all()  # 64 px: the NMS grid is the image grid
+
+
+# --------------------------------------------------------------------- FPN + RPN, overfit
+@pytest.mark.parametrize("mask_in_features", [["p2", "p3", "p4", "p5"], ["seg"]])
+def test_fpn_rpn_config_trains_and_infers(mask_in_features):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 200
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # replaced by R2-IOS's head
+    cfg.MODEL.R2IOS.MASK_IN_FEATURES = mask_in_features
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = _build(cfg)
+    assert isinstance(model.roi_heads, R2IOSROIHeads)
+    assert model.roi_heads.mask_head.in_features == ["p2", "p3", "p4", "p5"]
+    inputs = make_synthetic_inputs(num_images=2, size=64, seed=3)
+    for x in inputs:
+        del x["proposals"]
+    model.train()
+    with EventStorage():
+        losses = model(inputs)
+    assert {"loss_rpn_cls", "loss_cls", "loss_box_reg", "loss_mask"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.roi_heads.mask_head.score.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        inst = model(inputs)[0]["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (64, 64)
+
+
+def _mask_iou(a, b):
+    inter = (a & b).sum().float()
+    return (inter / (a | b).sum().clamp(min=1)).item()
+
+
+def test_tiny_model_overfits_synthetic_images():
+    cfg = tiny_r2ios_cfg(width=1 / 8)
+    cfg.MODEL.PIXEL_STD = [57.4, 57.1, 58.4]  # unit-scale inputs for a from-scratch net
+    cfg.MODEL.VGG.SEG_FC6_DILATION = 2
+    cfg.MODEL.R2IOS.NUM_ITERATIONS = 2
+    cfg.MODEL.R2IOS.TEST_NUM_ITERATIONS = 2
+    cfg.MODEL.R2IOS.MASK_SIZE = 14
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.01
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.3
+    model = _build(cfg)
+    inputs = make_synthetic_inputs(num_images=3, size=96, seed=5, proposals_per_gt=12)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    history = []
+    with EventStorage() as storage:
+        for it in range(200):
+            storage.iter = it
+            losses = model(inputs)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            history.append({k: v.item() for k, v in losses.items()})
+
+    def mean(rows, key=None):
+        return sum(sum(r.values()) if key is None else r[key] for r in rows) / len(rows)
+
+    first, last = history[:5], history[-5:]
+    assert mean(last) < mean(first) / 3, (mean(first), mean(last))
+    assert mean(last, "loss_cls") < mean(first, "loss_cls") / 10
+    assert mean(last, "loss_mask") < 0.75 * mean(first, "loss_mask")
+    model.eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+    ious = []
+    for inp, out in zip(inputs, outputs):
+        gt, pred = inp["instances"], out["instances"]
+        for m, c in zip(gt.gt_masks.tensor, gt.gt_classes):
+            same_class = pred.pred_masks[pred.pred_classes == c]
+            ious.append(max((_mask_iou(pm, m) for pm in same_class), default=0.0))
+    assert sum(ious) / len(ious) > 0.6 and min(ious) > 0.3, ious
