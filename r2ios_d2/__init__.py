@@ -15,6 +15,7 @@ except ImportError as e:  # pragma: no cover - exercised only without detectron2
 
 from . import data, evaluation, modeling  # noqa: F401  (fills detectron2's registries)
 from .config import add_r2ios_config
+from .predictor import R2IOSPredictor
 
 __version__ = "0.1.0"
-__all__ = ["add_r2ios_config"]
+__all__ = ["add_r2ios_config", "R2IOSPredictor"]

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Run R2-IOS on your own images: one picture per image, optionally COCO-style JSON results.
+
+    python tools/demo.py --config-file configs/synthetic/r2ios_tiny_stage1.yaml \\
+        --input photo.jpg more_photos/ "shots/*.png" --output demo_output/mine --json --trace \\
+        MODEL.WEIGHTS demo_output/stage1/model_final.pth
+
+Proposals: selective search on the fly (as ``tools/selective_search.py``), or your own from
+``--proposals-dir DIR`` (``DIR/<file stem>.npz``, the format of ``tools/selective_search.py``),
+or the model's RPN if the config has one. Writes ``<stem>.png`` (detections, detectron2's
+Visualizer), with ``--trace`` ``<stem>_trace.png`` (the T iterations of the top detections)
+and with ``--json`` ``results.json`` (COCO results: ``image_id`` = position of the image in
+the input list (folders and globs sorted), ``file_name``, ``category_id``, ``bbox`` XYWH,
+``score``, ``segmentation`` RLE). Unreadable images are reported and skipped; the exit status
+is 0 if at least one image succeeded, 1 if all failed, 2 if no image matched ``--input``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+logger = logging.getLogger("r2ios_d2.demo")
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Files, folders (their images, not recursive) and glob patterns -> sorted unique paths.
+
+    A named file is kept whatever its extension (so that an unreadable one is reported, not
+    silently dropped); folders and globs contribute files with an image extension only.
+    """
+    found: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            candidates = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
+        elif os.path.isfile(pattern):
+            found.append(pattern)
+            continue
+        else:
+            candidates = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not candidates:
+                logger.warning("--input %s matches nothing", pattern)
+        found.extend(
+            c for c in candidates if os.path.isfile(c) and c.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    seen, unique = set(), []
+    for path in found:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def demo_metadata(cfg: Any) -> Any:
+    """Metadata of ``DATASETS.TEST[0]`` if it is registered with the right number of classes,
+    else generic names ``class_0 .. class_{K-1}``."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.catalog import Metadata
+
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
+        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if len(meta.get("thing_classes", [])) == num_classes:
+            return meta
+        logger.warning(
+            "%s's thing_classes do not match MODEL.ROI_HEADS.NUM_CLASSES=%d: generic names",
+            cfg.DATASETS.TEST[0],
+            num_classes,
+        )
+    return Metadata(name="r2ios_demo", thing_classes=[f"class_{i}" for i in range(num_classes)])
+
+
+def _output_names(paths: Sequence[str]) -> List[str]:
+    """File stems, made unique (``a``, ``a_1``, ...) when two inputs share one."""
+    used: Dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        names.append(stem if n == 0 else f"{stem}_{n}")
+    return names
+
+
+def _to_coco(instances: Any, image_id: int, file_name: str, metadata: Any) -> List[Dict[str, Any]]:
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+    results = instances_to_coco_json(instances, image_id)
+    to_dataset_id = {v: k for k, v in metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+    for r in results:
+        r["category_id"] = to_dataset_id.get(r["category_id"], r["category_id"])
+        r["file_name"] = file_name
+    return results
+
+
+def _process(
+    predictor: Any,
+    path: str,
+    name: str,
+    args: argparse.Namespace,
+    metadata: Any,
+) -> Tuple[List[str], Any, Tuple[int, int]]:
+    """Predict and draw one image; returns (written files, instances, (H, W))."""
+    from detectron2.data.detection_utils import read_image
+
+    from r2ios_d2.data.proposals import load_proposal_file
+    from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
+
+    image = read_image(path, format="BGR")  # applies EXIF orientation, like detectron2's demo
+    h, w = image.shape[:2]
+    proposals = scores = None
+    if args.proposals_dir:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        proposals, scores = load_proposal_file(
+            os.path.join(args.proposals_dir, f"{stem}.npz"), stem, h, w
+        )
+    out = predictor(image, proposals, proposal_scores=scores, return_trace=args.trace)
+    inst = out["instances"]
+    rgb = image[:, :, ::-1]
+    written = [os.path.join(args.output, f"{name}.png")]
+    save_figure_atomic(draw_detections(rgb, inst, metadata, args.confidence_threshold), written[0])
+    if args.trace:
+        trace = out["trace"]
+        init = trace["proposals"]
+        if init is None:
+            # ROI heads without trace_proposals: l_1 stands in for l_0 in the first column.
+            logger.warning("the model records no trace_proposals; drawing l_1 as l_0")
+            init = trace["boxes"][:, 0]
+        traced = inst[:]  # a shallow copy carrying the trace fields draw_trace reads
+        traced.trace_scores = trace["scores"]
+        traced.trace_classes = trace["classes"]
+        traced.trace_masks = trace["masks"]
+        traced.gate_iteration = trace["gate_iteration"]
+        fig = draw_trace(
+            rgb,
+            traced,
+            metadata,
+            trace["boxes"],
+            init,
+            max_instances=args.max_instances,
+            mask_threshold=predictor.cfg.MODEL.R2IOS.MASK_THRESHOLD,
+        )
+        written.append(os.path.join(args.output, f"{name}_trace.png"))
+        save_figure_atomic(fig, written[-1])
+    return written, inst, (h, w)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument("--output", required=True, help="folder for the pictures and JSON")
+    parser.add_argument(
+        "--proposals-dir", help="use DIR/<image stem>.npz as proposals instead of selective search"
+    )
+    parser.add_argument("--json", action="store_true", help="write <output>/results.json")
+    parser.add_argument("--trace", action="store_true", help="write <stem>_trace.png too")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of the detections drawn and saved (ROI_HEADS.SCORE_THRESH_TEST)",
+    )
+    parser.add_argument("--max-instances", type=int, default=4, help="rows of the trace picture")
+    parser.add_argument(
+        "--ss-mode", choices=["fast", "quality"], default="fast", help="selective search mode"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit status (0: at least one image succeeded)."""
+    args = build_parser().parse_args(argv)
+
+    from detectron2.config import get_cfg
+    from tqdm import tqdm
+
+    from r2ios_d2 import R2IOSPredictor, add_r2ios_config
+    from r2ios_d2.engine import atomic_write_text
+
+    paths = expand_inputs(args.input)
+    if not paths:
+        logger.error("No images match --input %s", " ".join(args.input))
+        print(f"no images match --input {' '.join(args.input)}")
+        return 2
+
+    cfg = get_cfg()
+    add_r2ios_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.freeze()
+    if args.proposals_dir and cfg.MODEL.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":
+        raise SystemExit("--proposals-dir needs MODEL.PROPOSAL_GENERATOR.NAME PrecomputedProposals")
+    metadata = demo_metadata(cfg)
+    predictor = R2IOSPredictor(cfg, return_trace=args.trace, ss_mode=args.ss_mode)
+
+    os.makedirs(args.output, exist_ok=True)
+    written: List[str] = []
+    results: List[Dict[str, Any]] = []
+    images: List[Dict[str, Any]] = []
+    failed: List[Tuple[str, str]] = []
+    for image_id, (path, name) in enumerate(
+        tqdm(list(zip(paths, _output_names(paths))), desc="R2-IOS demo", unit="img")
+    ):
+        try:
+            files, inst, (h, w) = _process(predictor, path, name, args, metadata)
+        except Exception as e:  # noqa: BLE001 - one bad image must not stop the others
+            logger.error("Skipping %s: %s: %s", path, type(e).__name__, e)
+            failed.append((path, f"{type(e).__name__}: {e}"))
+            continue
+        written.extend(files)
+        images.append({"id": image_id, "file_name": path, "height": h, "width": w})
+        results.extend(_to_coco(inst, image_id, path, metadata))
+        logger.info("%s: %d detections", path, len(inst))
+
+    if args.json and images:
+        json_path = os.path.join(args.output, "results.json")
+        atomic_write_text(json.dumps(results), json_path)
+        written.append(json_path)
+
+    ok = len(paths) - len(failed)
+    print(f"{ok} of {len(paths)} images done, {len(written)} files written to {args.output}")
+    if failed:
+        print(f"{len(failed)} failed:")
+        for path, reason in failed:
+            print(f"  {path}: {reason}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
