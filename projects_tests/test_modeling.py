@@ -8,7 +8,7 @@ import torch
 from conftest import make_synthetic_inputs, tiny_r2ios_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model, build_roi_heads
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
@@ -195,6 +195,36 @@ def test_gate_drops_losses_after_t_prime_and_background_runs_once(gate):
     # v = 0 gives log 2 per pixel; normalised by the 2 foreground RoIs per iteration.
     torch.testing.assert_close(losses["loss_mask"], counted.sum() * math.log(2) / 2)
     assert losses["loss_box_reg"] > 0
+
+
+def test_polygon_and_bitmask_targets_give_the_same_mask_loss():
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.MASK_SIZE = 16
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.05  # masks that depend on the input
+    model = _build(cfg).train()
+    feats = model.backbone(torch.randn(1, 3, 64, 64) * 50)
+    bit = _train_case()
+    poly = _train_case()
+    rects = {0: [10.0, 10, 30, 10, 30, 30, 10, 30], 1: [20.0, 30, 50, 30, 50, 60, 20, 60]}
+    poly.gt_masks = PolygonMasks([[rects[i]] for i in (0, 1, 0, 0)])
+    with EventStorage():
+        a = model.roi_heads.forward_train(feats, [bit])
+        b = model.roi_heads.forward_train(feats, [poly])
+    assert a["loss_mask"] > 0
+    torch.testing.assert_close(a["loss_mask"], b["loss_mask"], rtol=0.02, atol=1e-3)
+    torch.testing.assert_close(a["loss_cls"], b["loss_cls"])
+
+
+def test_inference_without_proposals_returns_empty_instances():
+    model = _build(tiny_r2ios_cfg()).eval()
+    model.roi_heads.record_trace = True
+    p = Instances((64, 64))
+    p.proposal_boxes = Boxes(torch.zeros(0, 4))
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 3, 64, 64))
+        inst = model.roi_heads.forward_inference(feats, [p])[0]
+    assert len(inst) == 0 and inst.pred_masks.shape == (0, 1, 40, 40)
+    assert inst.trace_boxes.shape == (0, 4, 4)
 
 
 def test_t1_conv_without_seg_aware_is_fast_rcnn(synthetic_inputs):
