@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from r2ios_d2 import R2IOSPredictor, add_r2ios_config
 from r2ios_d2.data.proposals import filter_proposals, save_proposal_file
 from r2ios_d2.data.selective_search import selective_search
-from r2ios_d2.data.synthetic import render_image
+from r2ios_d2.data.synthetic import SYNTHETIC_CLASSES, render_image
 from r2ios_d2.engine import atomic_torch_save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,3 +287,11 @@ def test_demo_exit_status_when_nothing_succeeds(tmp_path, image_folder, weights)
     assert not os.path.exists(tmp_path / "o1" / "broken.png")
     missing = str(tmp_path / "nothing" / "*.jpg")
     assert demo.main(_demo_args([missing], tmp_path / "o2", weights)) == 2
+
+
+def test_demo_class_names_from_registered_test_dataset_else_generic():
+    demo = _demo()
+    cfg = _tiny_cfg()  # DATASETS.TEST = ("r2ios_synthetic_val",), registered on import
+    assert list(demo.demo_metadata(cfg).thing_classes) == list(SYNTHETIC_CLASSES)
+    cfg.DATASETS.TEST = ("no_such_dataset_registered",)
+    assert demo.demo_metadata(cfg).thing_classes == [f"class_{i}" for i in range(5)]

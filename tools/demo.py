@@ -110,6 +110,7 @@ def _process(
 ) -> Tuple[List[str], Any, Tuple[int, int]]:
     """Predict and draw one image; returns (written files, instances, (H, W))."""
     from detectron2.data.detection_utils import read_image
+    from detectron2.utils.logger import log_first_n
 
     from r2ios_d2.data.proposals import load_proposal_file
     from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
@@ -132,7 +133,11 @@ def _process(
         init = trace["proposals"]
         if init is None:
             # ROI heads without trace_proposals: l_1 stands in for l_0 in the first column.
-            logger.warning("the model records no trace_proposals; drawing l_1 as l_0")
+            log_first_n(
+                logging.WARNING,
+                "The ROI heads record no trace_proposals: l_1 is drawn as l_0",
+                name=logger.name,
+            )
             init = trace["boxes"][:, 0]
         traced = inst[:]  # a shallow copy carrying the trace fields draw_trace reads
         traced.trace_scores = trace["scores"]
