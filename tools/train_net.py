@@ -21,12 +21,21 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_resul
 from detectron2.utils import comm
 
 from r2ios_d2 import add_r2ios_config
-from r2ios_d2.data import build_r2ios_test_loader, build_r2ios_train_loader
+from r2ios_d2.config_checks import check_opts_keys, check_output_dir, validate_r2ios_config
+from r2ios_d2.data import (
+    PrecomputedProposalMapper,
+    build_r2ios_test_loader,
+    build_r2ios_train_loader,
+)
 from r2ios_d2.engine import (
+    FiniteLossCheck,
+    IterationSeed,
     R2IOSCheckpointer,
     build_r2ios_optimizer,
+    build_resumable_train_loader,
     ddp_for_cpu_models,
     launch_cpu,
+    r2ios_train_dicts,
 )
 from r2ios_d2.evaluation import SDSEvaluator
 
@@ -50,7 +59,34 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_r2ios_train_loader(cfg)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(
+                "%s: --resume will not continue the data stream exactly",
+                cfg.DATALOADER.SAMPLER_TRAIN,
+            )
+            return build_r2ios_train_loader(cfg)
+        # Same data as build_r2ios_train_loader, in a stream that --resume continues exactly.
+        mapper = PrecomputedProposalMapper(cfg, True)
+        return build_resumable_train_loader(cfg, r2ios_train_dicts(cfg), mapper)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        # detectron2 v0.6's DefaultTrainer leaves out its SimpleTrainer's state (the optimizer's
+        # momentum buffers), so --resume restarted the momentum; later versions save it here.
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "load_state_dict" not in DefaultTrainer.__dict__:  # v0.6: restore it ourselves
+            if "_trainer" in state_dict:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+            else:
+                logger.warning("Checkpoint has no optimizer state: momentum restarts from zero")
+
+    def build_hooks(self):
+        # Seed each step from (SEED, rank, iteration) and name non-finite loss terms.
+        return [IterationSeed(self.cfg.SEED), FiniteLossCheck(), *super().build_hooks()]
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -87,8 +123,12 @@ def setup(args) -> CfgNode:
     cfg = get_cfg()
     add_r2ios_config(cfg)
     cfg.merge_from_file(args.config_file)
+    check_opts_keys(cfg, args.opts)
     cfg.merge_from_list(args.opts)
+    validate_r2ios_config(cfg)
     cfg.freeze()
+    if comm.is_main_process():
+        check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     return cfg
 

@@ -1,0 +1,202 @@
+"""Checks of a merged config before anything is built, written or trained.
+
+yacs already rejects unknown keys (``KeyError``) and values of the wrong type; what it cannot
+know is which strings and numbers make sense. :func:`validate_r2ios_config` checks those for
+every ``MODEL.R2IOS.*``, ``MODEL.VGG.*`` and r2ios_d2 dataset/solver key, and a few detectron2
+keys whose bad values would otherwise surface as a shape error deep inside training.
+:func:`check_output_dir` makes sure the output folder can be written before training starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import tempfile
+from typing import Any, Callable, List, Optional, Sequence
+
+from detectron2.config import CfgNode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["validate_r2ios_config", "check_output_dir", "check_opts_keys"]
+
+# Allowed values of the string-valued keys (the modules that use them check again).
+ALLOWED_CHOICES = {
+    "MODEL.R2IOS.GATE_SCORE": ("all", "foreground"),
+    "MODEL.R2IOS.MASK_VARIANT": ("ae", "conv", "fc"),
+    "MODEL.R2IOS.OUTPUT_MODE": ("proposal", "per_class"),
+    "MODEL.R2IOS.NMS_TYPE": ("box", "mask"),
+    "MODEL.R2IOS.MASK_LOSS_NORMALIZER": ("fg", "rois"),
+}
+
+
+def _get(cfg: CfgNode, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _range_check(
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[Any], Optional[str]]:
+    """A check returning the allowed range (as text) when a value is outside it, else None."""
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    kind = "an integer" if integer else "a finite number"
+    text = " and ".join(s for s in (lo, hi) if s)
+    allowed = f"{kind} {text}".strip()
+
+    def check(v: Any) -> Optional[str]:
+        if not _is_number(v) or (integer and not isinstance(v, int)):
+            return allowed
+        if low is not None and (v <= low if low_open else v < low):
+            return allowed
+        if high is not None and (v >= high if high_open else v > high):
+            return allowed
+        return None
+
+    return check
+
+
+def _subset_check(allowed: Sequence[str], nonempty: bool = True) -> Callable[[Any], Optional[str]]:
+    text = f"a {'non-empty ' if nonempty else ''}list of {', '.join(map(repr, allowed))}"
+
+    def check(v: Any) -> Optional[str]:
+        if not isinstance(v, (list, tuple)) or (nonempty and not v):
+            return text
+        return None if all(x in allowed for x in v) else text
+
+    return check
+
+
+def _nonempty_str_list(v: Any) -> Optional[str]:
+    ok = isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v)
+    return None if ok else "a non-empty list of feature names"
+
+
+# key -> check(value) returning a description of the allowed values when the value is bad.
+RANGE_CHECKS = {
+    "MODEL.R2IOS.NUM_ITERATIONS": _range_check(1, integer=True),
+    "MODEL.R2IOS.TEST_NUM_ITERATIONS": _range_check(1, integer=True),
+    "MODEL.R2IOS.MASK_SIZE": _range_check(1, integer=True),
+    "MODEL.R2IOS.AE_HIDDEN_DIM": _range_check(1, integer=True),
+    "MODEL.R2IOS.MASK_IN_FEATURES": _nonempty_str_list,
+    "MODEL.R2IOS.MASK_POOLER_SAMPLING_RATIO": _range_check(0, integer=True),
+    "MODEL.R2IOS.MASK_LOSS_WEIGHT": _range_check(0),
+    "MODEL.R2IOS.MASK_INIT_STD": _range_check(0),
+    "MODEL.R2IOS.CLS_INIT_STD": _range_check(0),
+    "MODEL.R2IOS.BOX_INIT_STD": _range_check(0),
+    "MODEL.R2IOS.MASK_THRESHOLD": _range_check(0, 1, low_open=True, high_open=True),
+    "MODEL.VGG.WIDTH": _range_check(0, low_open=True),
+    "MODEL.VGG.SEG_FC_DIM": _range_check(1, integer=True),
+    "MODEL.VGG.SEG_FC6_DILATION": _range_check(1, integer=True),
+    "MODEL.VGG.SEG_CONV5_DILATION": _range_check(1, integer=True),
+    "MODEL.VGG.OUT_FEATURES": _subset_check(("det", "seg")),
+    "MODEL.VGG.SEG_FC_DROPOUT": _range_check(0, 1, high_open=True),
+    "MODEL.ROI_HEADS.NUM_CLASSES": _range_check(1, integer=True),
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": _range_check(1, integer=True),
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": _range_check(0, 1),
+    "DATASETS.PROPOSAL_MIN_SIZE": _range_check(0),
+    "SOLVER.PRETRAINED_LR_FACTOR": _range_check(0),
+    "SOLVER.IMS_PER_BATCH": _range_check(1, integer=True),
+    "SOLVER.MAX_ITER": _range_check(0, integer=True),
+    "SOLVER.CHECKPOINT_PERIOD": _range_check(1, integer=True),
+    "SOLVER.BASE_LR": _range_check(0),
+}
+
+
+def validate_r2ios_config(cfg: CfgNode) -> None:
+    """Check the values of the r2ios_d2 keys of a merged config.
+
+    Args:
+        cfg: a config with :func:`r2ios_d2.add_r2ios_config` applied and files/opts merged.
+
+    Raises:
+        ValueError: naming every bad key, its value and the allowed values, one per line.
+    """
+    if "R2IOS" not in cfg.MODEL:
+        raise ValueError("config has no MODEL.R2IOS: call r2ios_d2.add_r2ios_config(cfg) first")
+    problems: List[str] = []
+    for key, allowed in ALLOWED_CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            problems.append(
+                f"{key} = {value!r} is invalid; allowed values: {', '.join(map(repr, allowed))}"
+            )
+    for key, check in RANGE_CHECKS.items():
+        try:
+            value = _get(cfg, key)
+        except KeyError:  # a detectron2 key another version may not have
+            continue
+        allowed = check(value)
+        if allowed is not None:
+            problems.append(f"{key} = {value!r} is invalid; allowed values: {allowed}")
+    if problems:
+        raise ValueError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in node.items():
+        keys.extend(_all_keys(v, f"{prefix}{k}.") if isinstance(v, CfgNode) else [f"{prefix}{k}"])
+    return keys
+
+
+def check_opts_keys(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """Check that the ``KEY VALUE`` pairs of a command line name existing keys.
+
+    yacs reports an unknown key of ``merge_from_list`` with a bare ``AssertionError``; this
+    raises ``KeyError`` naming the key and the closest existing ones.
+
+    Args:
+        cfg: the config the opts will be merged into.
+        opts: ``[KEY, VALUE, KEY, VALUE, ...]``.
+    """
+    if len(opts) % 2:
+        raise ValueError(f"config opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    known = None
+    for key in opts[0::2]:
+        try:
+            _get(cfg, key)
+            continue
+        except (KeyError, AttributeError, TypeError):
+            pass
+        known = known or _all_keys(cfg)
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise KeyError(f"Unknown config key {key!r} on the command line{hint}")
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``path`` if needed and check that a file can be written in it.
+
+    Called before training starts, so that an unwritable folder fails in seconds with its
+    name rather than at the first checkpoint, hours in.
+
+    Raises:
+        PermissionError / NotADirectoryError / OSError: naming ``path`` (as ``OUTPUT_DIR``).
+    """
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-write-check-"):
+            pass
+    except OSError as e:
+        raise type(e)(
+            e.errno,
+            f"OUTPUT_DIR {path!r} is not a writable folder ({e.strerror or e}); choose another "
+            "OUTPUT_DIR or fix its permissions",
+        ) from e
