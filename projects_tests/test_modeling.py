@@ -290,7 +290,7 @@ def test_inference_output_fields_and_shapes(synthetic_inputs, output_mode):
         assert inst.pred_masks.shape == (n, inp["height"], inp["width"])  # pasted
         assert inst.trace_boxes.shape == (n, T, 4) and inst.trace_scores.shape == (n, T)
         assert inst.trace_classes.shape == (n, T) and inst.trace_masks.shape == (n, T, M, M)
-        assert inst.gate_iteration.shape == (n,)
+        assert inst.gate_iteration.shape == (n,) and inst.trace_proposals.shape == (n, 4)
         rows = torch.arange(n)
         assert torch.equal(inst.trace_scores.argmax(1), inst.gate_iteration)
         if output_mode == "proposal":
@@ -308,11 +308,11 @@ def test_raw_masks_are_probabilities_in_output_box_frame(synthetic_inputs):
         assert inst.pred_masks.shape == (len(inst), 1, 40, 40)
         assert inst.pred_masks.min() >= 0 and inst.pred_masks.max() <= 1
         torch.testing.assert_close(inst.trace_boxes[rows, g], inst.pred_boxes.tensor)
-        frame = torch.where((g > 0)[:, None], inst.trace_boxes[rows, (g - 1).clamp(min=0)], 0)
-        first = g == 0  # frame l_0 = the proposal box, not in the trace
-        masks, boxes = inst.trace_masks[rows, g][~first], inst.pred_boxes.tensor[~first]
-        reframed = reframe_masks(masks, frame[~first], boxes)
-        torch.testing.assert_close(inst.pred_masks[~first, 0], reframed)
+        # frame of v_{t'}: l_{t'-1}, i.e. the proposal l_0 when t' is the first iteration
+        frames = torch.cat([inst.trace_proposals[:, None], inst.trace_boxes], dim=1)
+        reframed = reframe_masks(inst.trace_masks[rows, g], frames[rows, g], inst.pred_boxes.tensor)
+        assert (g > 0).any() and (g == 0).any()
+        torch.testing.assert_close(inst.pred_masks[:, 0], reframed)
 
 
 def test_skip_background_gives_identical_outputs(synthetic_inputs):

@@ -137,7 +137,8 @@ class R2IOSROIHeads(StandardROIHeads):
     ``record_trace`` also ``trace_boxes`` (N, T, 4; frame of the network input image, see
     :func:`scale_trace_boxes`), ``trace_scores`` (N, T; gate scores), ``trace_classes``
     (N, T; predicted class, K = background), ``trace_masks`` (N, T, M, M; foreground
-    probabilities in the frame of the box each was predicted in, ``l_{t-1}``) and
+    probabilities in the frame of the box each was predicted in, ``l_{t-1}``),
+    ``trace_proposals`` (N, 4; ``l_0``, same frame as ``trace_boxes``) and
     ``gate_iteration`` (N,; 0-based ``t' - 1``).
     """
 
@@ -404,7 +405,7 @@ class R2IOSROIHeads(StandardROIHeads):
                 t_prime = p_gt.argmax(dim=0)  # (F,), 0-based, first maximum
         else:
             t_prime = torch.full((num_fg,), len(iters) - 1, dtype=torch.long, device=boxes.device)
-        for t in range(T):
+        for t in range(T if num_fg else 0):  # histogram of t' over the foreground proposals
             _put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
 
         loss_weight = self.box_predictor.loss_weight
@@ -560,6 +561,7 @@ class R2IOSROIHeads(StandardROIHeads):
             if self.record_trace:
                 for k, v_ in trace.items():
                     inst.set(f"trace_{k}", v_[src])
+                inst.trace_proposals = boxes[src]
                 inst.gate_iteration = best["t"][src]
             results.append(self._postprocess(inst))
         return results
