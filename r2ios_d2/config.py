@@ -100,6 +100,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.DATASETS.PROPOSAL_MIN_SIZE = 2.0
 
     # ---------------------------------------------------------------------------- solver
+    # "SGD" (the paper's, with SOLVER.MOMENTUM) or "ADAMW" (for short from-scratch runs such as
+    # the synthetic demo; betas 0.9/0.999, weight decay SOLVER.WEIGHT_DECAY).
+    _C.SOLVER.OPTIMIZER = "SGD"
     # Learning-rate factor for parameters initialised from a pre-trained checkpoint (paper:
     # 1e-4 for pre-trained layers vs 1e-3 for new ones -> 0.1).
     _C.SOLVER.PRETRAINED_LR_FACTOR = 1.0

@@ -150,6 +150,7 @@ def save_figure_atomic(fig, path: str, dpi: int = 110) -> None:
         else:
             fig.savefig(tmp, dpi=dpi)
             plt.close(fig)
+        os.chmod(tmp, 0o644)  # mkstemp files are 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,6 +24,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 logger = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: str) -> None:
+    # mkstemp creates files with mode 0600; give the final file the usual permissions.
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used as asked (unsafe format, wrong shapes)."""
 
@@ -38,7 +50,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -53,7 +65,7 @@ def atomic_write_text(text: str, path: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -39,11 +39,14 @@ def split_pretrained_groups(
 
 
 def build_r2ios_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """detectron2's default SGD (weight decay, norm/bias rules, gradient clipping), with the
-    lr of parameters under ``SOLVER.PRETRAINED_PARAM_PREFIXES`` scaled by
-    ``SOLVER.PRETRAINED_LR_FACTOR``."""
+    """detectron2's default optimizer setup (weight decay, norm/bias rules, gradient clipping),
+    SGD or AdamW per ``SOLVER.OPTIMIZER``, with the lr of parameters under
+    ``SOLVER.PRETRAINED_PARAM_PREFIXES`` scaled by ``SOLVER.PRETRAINED_LR_FACTOR``."""
     factor = cfg.SOLVER.PRETRAINED_LR_FACTOR
-    if factor == 1.0:
+    kind = cfg.SOLVER.OPTIMIZER.upper()
+    if kind not in ("SGD", "ADAMW"):
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
+    if factor == 1.0 and kind == "SGD":
         return build_optimizer(cfg, model)
     module = model.module if hasattr(model, "module") else model
     groups = get_default_optimizer_params(
@@ -53,9 +56,14 @@ def build_r2ios_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.O
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    groups = split_pretrained_groups(
-        groups, module, tuple(cfg.SOLVER.PRETRAINED_PARAM_PREFIXES), factor, cfg.SOLVER.BASE_LR
-    )
+    if factor != 1.0:
+        groups = split_pretrained_groups(
+            groups, module, tuple(cfg.SOLVER.PRETRAINED_PARAM_PREFIXES), factor, cfg.SOLVER.BASE_LR
+        )
+    if kind == "ADAMW":
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
     return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
         groups,
         lr=cfg.SOLVER.BASE_LR,
