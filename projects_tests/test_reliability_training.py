@@ -73,6 +73,20 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(syn, tmp_path, monkey
     assert any(not torch.equal(first[k], a[k]) for k in a)
 
 
+def _grouped_batches(order, landscape, start, n, rank, world_size):
+    """n batches of 2 from the sampler, grouped as detectron2's AspectRatioGroupedDataset."""
+    sampler = ResumableTrainingSampler(order, landscape, 2, start, rank, world_size)
+    out, buckets = [], [[], []]
+    for g in sampler:
+        b = 0 if landscape is None or landscape[order.index(g)] else 1
+        buckets[b].append(g)
+        if len(buckets[b]) == 2:
+            out.append(list(buckets[b]))
+            buckets[b].clear()
+            if len(out) == n:
+                return out
+
+
 @pytest.mark.parametrize("grouping", [True, False])
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_sampler_resumes_the_exact_stream(grouping, world_size):
@@ -80,21 +94,8 @@ def test_sampler_resumes_the_exact_stream(grouping, world_size):
     landscape = list(rng.rand(7) > 0.4) if grouping else None
     for rank in range(world_size):
         order = StreamOrder(7, seed=3)
-
-        def batches(start, n):
-            s = ResumableTrainingSampler(order, landscape, 2, start, rank, world_size)
-            out, buckets = [], [[], []]
-            for g in s:  # detectron2's AspectRatioGroupedDataset, by hand
-                b = 0 if landscape is None or landscape[order.index(g)] else 1
-                buckets[b].append(g)
-                if len(buckets[b]) == 2:
-                    out.append(list(buckets[b]))
-                    buckets[b].clear()
-                    if len(out) == n:
-                        return out
-
-        whole = batches(0, 12)
-        assert batches(5, 7) == whole[5:]
+        whole = _grouped_batches(order, landscape, 0, 12, rank, world_size)
+        assert _grouped_batches(order, landscape, 5, 7, rank, world_size) == whole[5:]
         assert all(g % world_size == rank for b in whole for g in b)
         seen = sorted(order.index(g) for b in whole[:3] for g in b)
         assert len(set(seen)) >= 4  # shuffled epochs, not one image repeated

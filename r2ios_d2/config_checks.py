@@ -130,7 +130,10 @@ def validate_r2ios_config(cfg: CfgNode) -> None:
         raise ValueError("config has no MODEL.R2IOS: call r2ios_d2.add_r2ios_config(cfg) first")
     problems: List[str] = []
     for key, allowed in ALLOWED_CHOICES.items():
-        value = _get(cfg, key)
+        try:
+            value = _get(cfg, key)
+        except KeyError:
+            continue
         if value not in allowed:
             problems.append(
                 f"{key} = {value!r} is invalid; allowed values: {', '.join(map(repr, allowed))}"
@@ -143,6 +146,12 @@ def validate_r2ios_config(cfg: CfgNode) -> None:
         allowed = check(value)
         if allowed is not None:
             problems.append(f"{key} = {value!r} is invalid; allowed values: {allowed}")
+    steps, max_iter = list(cfg.SOLVER.STEPS), cfg.SOLVER.MAX_ITER
+    if _is_number(max_iter) and any(not _is_number(s) or s >= max_iter for s in steps):
+        problems.append(
+            f"SOLVER.STEPS = {tuple(steps)} is invalid; allowed values: iterations below "
+            f"SOLVER.MAX_ITER = {max_iter}"
+        )
     if problems:
         raise ValueError("Invalid config:\n  " + "\n  ".join(problems))
 
