@@ -303,7 +303,7 @@ def make_data(seed: int = 0, n_images: int = 6):
         }
         if void.any():
             v = encode_masks(void[None])[0]
-            rec["void_rle"] = {"size": v["size"], "counts": v["counts"].decode()}
+            rec["void_segmentation"] = {"size": v["size"], "counts": v["counts"].decode()}
         records.append(rec)
 
         # Predictions: jittered copies of GT (some with wrong class), duplicates, clutter.
@@ -354,7 +354,7 @@ def register(name: str, seed: int = 0) -> None:
 def test_evaluator_equals_functional_core(tmp_path):
     register("_sds_test_tiny")
     records, inputs, outputs, dense = make_data(0)
-    assert any("void_rle" in r for r in records)
+    assert any("void_segmentation" in r for r in records)
     for matching in ("sds", "voc"):
         for void_mode in ("union", "ignore"):
             evaluator = SDSEvaluator(
@@ -371,7 +371,7 @@ def test_evaluator_equals_functional_core(tmp_path):
 
             voids = []
             for r in records:
-                voids.append(r.get("void_rle"))
+                voids.append(r.get("void_segmentation"))
             core = evaluate_all(
                 [encode_masks(d[0]) for d in dense],
                 [d[1] for d in dense],
@@ -524,3 +524,30 @@ def test_two_process_gather_equals_single_process(tmp_path):
         got = json.load(f)
     assert got["segm"] == pytest.approx(dict(expected["segm"]), nan_ok=True)
     assert got["bbox"] == pytest.approx(dict(expected["bbox"]), nan_ok=True)
+
+
+def test_void_pixels_of_the_voc_loader_reach_the_evaluator(tmp_path):
+    """The VOC loader's ``void_segmentation`` is what the evaluator's void modes use."""
+    import pycocotools.mask as mask_util
+
+    from r2ios_d2.data.synthetic import generate_synthetic_dataset, register_synthetic
+    from r2ios_d2.evaluation.sds import gt_from_dataset_dicts
+
+    generate_synthetic_dataset(str(tmp_path / "syn"), num_train=1, num_val=2, seed=3)
+    register_synthetic(str(tmp_path / "syn"), prefix="evalvoid")
+    voc = DatasetCatalog.get("evalvoid_voc_val")
+    sbd = DatasetCatalog.get("evalvoid_val")
+    gt_voc = gt_from_dataset_dicts(voc)
+    gt_sbd = gt_from_dataset_dicts(sbd)
+    for rec in voc:
+        void = gt_voc[rec["image_id"]]["void"]
+        assert void is not None and mask_util.area(void) > 0
+        assert gt_sbd[rec["image_id"]]["void"] is None
+    # A prediction equal to the SBD mask (VOC mask + its void band) scores IoU 1 only when
+    # void pixels are ignored.
+    rec = voc[0]
+    g_voc, g_sbd = gt_voc[rec["image_id"]], gt_sbd[rec["image_id"]]
+    union = mask_iou_rle(g_sbd["masks"], g_voc["masks"], g_voc["void"], "union").max(axis=1)
+    ignore = mask_iou_rle(g_sbd["masks"], g_voc["masks"], g_voc["void"], "ignore").max(axis=1)
+    assert (union < 1.0).all()
+    np.testing.assert_allclose(ignore, 1.0)

@@ -103,7 +103,8 @@ def gt_from_dataset_dicts(dataset_dicts: Sequence[Dict[str, Any]]) -> Dict[Any, 
     Args:
         dataset_dicts: records with ``image_id``, ``height``, ``width``, ``annotations`` (each with
             ``segmentation`` as RLE dict or polygons, ``category_id`` (contiguous, 0-based),
-            ``bbox`` and ``bbox_mode``), and optionally ``void_rle`` (RLE of void pixels).
+            ``bbox`` and ``bbox_mode``), and optionally ``void_segmentation`` (RLE of the void
+            pixels, as the VOC loader writes it).
 
     Returns:
         ``{image_id: {"height", "width", "masks": G RLEs, "labels": (G,) int64,
@@ -117,7 +118,7 @@ def gt_from_dataset_dicts(dataset_dicts: Sequence[Dict[str, Any]]) -> Dict[Any, 
             BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
             for a in anns
         ]
-        void = rec.get("void_rle")
+        void = rec.get("void_segmentation")
         out[rec["image_id"]] = {
             "height": h,
             "width": w,
@@ -399,9 +400,9 @@ class SDSEvaluator(DatasetEvaluator):
     Matching, AP integration and void handling are explained in
     :mod:`r2ios_d2.evaluation.instance_ap`. In short, defaults follow Hariharan et al.'s SDS code:
     greedy matching to the best unmatched GT with IoU > threshold, area under the monotone PR
-    envelope, and void pixels (VOC's 255, given per record as an optional ``void_rle``) counted in
-    the union (``void_mode="union"``); ``void_mode="ignore"`` drops them from intersection and
-    union.
+    envelope, and void pixels (VOC's 255, given per record as an optional
+    ``void_segmentation``) counted in the union (``void_mode="union"``); ``void_mode="ignore"``
+    drops them from intersection and union.
     """
 
     def __init__(
@@ -418,7 +419,7 @@ class SDSEvaluator(DatasetEvaluator):
         Args:
             dataset_name: a name registered in DatasetCatalog / MetadataCatalog; its dicts carry
                 the GT (``annotations`` with RLE ``segmentation``, ``category_id``, ``bbox``;
-                optional ``void_rle``), its metadata ``thing_classes``.
+                optional ``void_segmentation``), its metadata ``thing_classes``.
             output_dir: where ``sds_predictions.json`` and ``sds_results.json`` go (None: nowhere).
             distributed: gather the predictions of all processes on the main process.
             matching: ``"sds"`` or ``"voc"``.
