@@ -26,6 +26,7 @@ from r2ios_d2.data import (
     PrecomputedProposalMapper,
     build_r2ios_test_loader,
     build_r2ios_train_loader,
+    r2ios_train_dataset_dicts,
 )
 from r2ios_d2.engine import (
     FiniteLossCheck,
@@ -35,7 +36,6 @@ from r2ios_d2.engine import (
     build_resumable_train_loader,
     ddp_for_cpu_models,
     launch_cpu,
-    r2ios_train_dicts,
 )
 from r2ios_d2.evaluation import SDSEvaluator
 
@@ -67,7 +67,7 @@ class Trainer(DefaultTrainer):
             return build_r2ios_train_loader(cfg)
         # Same data as build_r2ios_train_loader, in a stream that --resume continues exactly.
         mapper = PrecomputedProposalMapper(cfg, True)
-        return build_resumable_train_loader(cfg, r2ios_train_dicts(cfg), mapper)
+        return build_resumable_train_loader(cfg, r2ios_train_dataset_dicts(cfg), mapper)
 
     def state_dict(self):
         ret = super().state_dict()

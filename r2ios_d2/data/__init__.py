@@ -19,6 +19,7 @@ from .proposals import (
     build_r2ios_test_loader,
     build_r2ios_train_loader,
     load_proposal_file,
+    r2ios_train_dataset_dicts,
     save_proposal_file,
 )
 from .synthetic import (
@@ -41,6 +42,7 @@ __all__ = [
     "difficulty_statistics",
     "PrecomputedProposalMapper",
     "build_r2ios_train_loader",
+    "r2ios_train_dataset_dicts",
     "build_r2ios_test_loader",
     "load_proposal_file",
     "save_proposal_file",

@@ -48,6 +48,7 @@ __all__ = [
     "attach_proposals",
     "PrecomputedProposalMapper",
     "build_r2ios_train_loader",
+    "r2ios_train_dataset_dicts",
     "build_r2ios_test_loader",
 ]
 
@@ -512,15 +513,12 @@ def _log_class_histogram(dicts: List[Dict[str, Any]], class_names: Sequence[str]
     logger.info(f"{len(dicts)} training images, {len(cats)} instances ({text})")
 
 
-def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = None) -> Any:
-    """detectron2's train loader over ``DATASETS.TRAIN`` with :class:`PrecomputedProposalMapper`.
+def r2ios_train_dataset_dicts(cfg: CfgNode) -> List[Dict[str, Any]]:
+    """The training dicts of ``DATASETS.TRAIN``: proposals attached, crowd-only images filtered
+    as ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` says, the class histogram logged.
 
-    Args:
-        cfg: the config (``MODEL.LOAD_PROPOSALS`` decides whether proposals are read).
-        mapper: a mapper to use instead of ``PrecomputedProposalMapper(cfg, True)``.
-
-    Returns:
-        an iterable of lists of mapped dicts (``SOLVER.IMS_PER_BATCH`` in total per step).
+    Raises:
+        ValueError: if the datasets have different ``thing_classes``.
     """
     names = list(cfg.DATASETS.TRAIN)
     dicts: List[Dict[str, Any]] = []
@@ -533,6 +531,20 @@ def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = Non
         raise ValueError(f"DATASETS.TRAIN {names} have different thing_classes.")
     if classes[0] is not None:
         _log_class_histogram(dicts, classes[0])
+    return dicts
+
+
+def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = None) -> Any:
+    """detectron2's train loader over ``DATASETS.TRAIN`` with :class:`PrecomputedProposalMapper`.
+
+    Args:
+        cfg: the config (``MODEL.LOAD_PROPOSALS`` decides whether proposals are read).
+        mapper: a mapper to use instead of ``PrecomputedProposalMapper(cfg, True)``.
+
+    Returns:
+        an iterable of lists of mapped dicts (``SOLVER.IMS_PER_BATCH`` in total per step).
+    """
+    dicts = r2ios_train_dataset_dicts(cfg)
     if mapper is None:
         mapper = PrecomputedProposalMapper(cfg, True)
     return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)

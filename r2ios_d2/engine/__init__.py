@@ -5,7 +5,7 @@ from .checkpoint import CheckpointError, R2IOSCheckpointer, atomic_torch_save, a
 from .hooks import FiniteLossCheck, IterationSeed
 from .launch import ddp_for_cpu_models, launch_cpu
 from .optimizer import build_r2ios_optimizer
-from .resumable_data import build_resumable_train_loader, r2ios_train_dicts
+from .resumable_data import build_resumable_train_loader
 
 __all__ = [
     "CheckpointError",
@@ -18,5 +18,4 @@ __all__ = [
     "build_resumable_train_loader",
     "ddp_for_cpu_models",
     "launch_cpu",
-    "r2ios_train_dicts",
 ]

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetFromList, build_detection_train_loader
-from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.utils.data import Dataset, Sampler
@@ -44,7 +43,6 @@ __all__ = [
     "PositionSeededMapper",
     "ResumableTrainLoader",
     "build_resumable_train_loader",
-    "r2ios_train_dicts",
 ]
 
 _POSITION_KEY = "_r2ios_stream_position"
@@ -228,20 +226,6 @@ class ResumableTrainLoader:
         return _DeferredIterator(self)
 
 
-def r2ios_train_dicts(cfg: CfgNode) -> List[Dict[str, Any]]:
-    """The dicts :func:`r2ios_d2.data.build_r2ios_train_loader` trains on: every dataset of
-    ``DATASETS.TRAIN`` with its proposals attached, crowd-only images filtered as configured."""
-    # build_r2ios_train_loader takes no sampler, so its dataset step is reused directly.
-    from r2ios_d2.data.proposals import _dataset_with_proposals
-
-    dicts: List[Dict[str, Any]] = []
-    for name in cfg.DATASETS.TRAIN:
-        dicts.extend(_dataset_with_proposals(cfg, name, True))
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
-    return dicts
-
-
 def build_resumable_train_loader(
     cfg: CfgNode,
     dicts: List[Dict[str, Any]],
@@ -254,7 +238,7 @@ def build_resumable_train_loader(
         cfg: uses ``SOLVER.IMS_PER_BATCH``, ``DATALOADER.ASPECT_RATIO_GROUPING`` /
             ``NUM_WORKERS`` and ``SEED``.
         dicts: the training dataset dicts (proposals attached, filtered), e.g.
-            :func:`r2ios_train_dicts`.
+            :func:`r2ios_d2.data.r2ios_train_dataset_dicts`.
         mapper: the dataset mapper (e.g. ``PrecomputedProposalMapper(cfg, True)``).
         seed: stream seed; default ``cfg.SEED`` if >= 0, else one shared random seed (then a
             resumed run draws a new stream: exact resume needs ``SEED >= 0``).

@@ -26,6 +26,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
+from ..config_checks import validate_r2ios_config
 from .box_head import SegAwareFastRCNNOutputLayers
 from .mask_head import InstanceAwareAEMaskHead
 
@@ -225,6 +226,8 @@ class R2IOSROIHeads(StandardROIHeads):
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("R2IOSROIHeads has no keypoint head; set MODEL.KEYPOINT_ON=False")
+        # Also for models built without train_net (build_model, the predictor, notebooks).
+        validate_r2ios_config(cfg)
         ret = super().from_config(cfg, input_shape)
         r = cfg.MODEL.R2IOS
         ret.update(
