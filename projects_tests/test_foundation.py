@@ -141,3 +141,17 @@ def test_second_make_install_does_no_work():
 
 def test_version():
     assert r2ios_d2.__version__
+
+
+def test_readme_configuration_reference_is_current():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "config_reference.py"), "--check", "README.md"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    readme = (REPO / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    for key in ("MODEL.R2IOS.NUM_ITERATIONS", "MODEL.VGG.WIDTH", "SOLVER.PRETRAINED_LR_FACTOR"):
+        assert f"`{key}`" in readme
