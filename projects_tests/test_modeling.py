@@ -43,7 +43,11 @@ def test_backbone_shapes_names_and_strides():
     bb = build_backbone(cfg)
     assert [n for n, _ in bb.named_children() if n in VGG_CONVS] == VGG_CONVS
     for name in VGG_CONVS:
-        assert type(getattr(bb, name)) is torch.nn.Conv2d
+        assert isinstance(getattr(bb, name), torch.nn.Conv2d)
+    # Exactly the converter's names: weight and bias of each conv, nothing else.
+    assert sorted(bb.state_dict()) == sorted(
+        f"{n}.{p}" for n in VGG_CONVS for p in ("weight", "bias")
+    )
     assert bb.seg_conv5_1.dilation == (2, 2) and bb.seg_fc6.dilation == (12, 12)
     assert bb.seg_fc7.kernel_size == (1, 1)
     out = bb(torch.randn(2, 3, 96, 128))
@@ -53,6 +57,19 @@ def test_backbone_shapes_names_and_strides():
     assert bb.size_divisibility == 16
     cfg.MODEL.VGG.OUT_FEATURES = ["seg"]
     assert list(build_backbone(cfg)(torch.randn(1, 3, 64, 64))) == ["seg"]
+
+
+def test_backbone_group_norm_option():
+    cfg = tiny_r2ios_cfg(width=1 / 8)
+    cfg.MODEL.VGG.NORM = "GN"
+    bb = build_backbone(cfg)
+    assert isinstance(bb.conv1_1.norm, torch.nn.GroupNorm) and bb.conv1_1.bias is None
+    assert bb.conv1_1.norm.num_groups == 8 and bb.seg_fc7.norm.num_groups == 32
+    out = bb(torch.randn(1, 3, 64, 64))
+    assert torch.isfinite(out["seg"]).all() and out["det"].shape[1] == 64
+    cfg.MODEL.VGG.NORM = "BN"
+    with pytest.raises(ValueError, match="MODEL.VGG.NORM"):
+        build_backbone(cfg)
 
 
 @pytest.mark.parametrize("freeze_at", [0, 2, 4])

@@ -30,6 +30,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.VGG.SEG_CONV5_DILATION = 2
     # Feature maps the backbone returns: "det" (stride 16) and/or "seg" (stride 8).
     _C.MODEL.VGG.OUT_FEATURES = ["det", "seg"]
+    # Normalisation after every conv: "" (VGG-16 as published; ImageNet weights) or "GN"
+    # (GroupNorm, gcd(32, channels) groups; for short from-scratch runs such as the demo).
+    _C.MODEL.VGG.NORM = ""
     # Dropout probability after the seg branch's fc6/fc7 convs in training (0 = off).
     _C.MODEL.VGG.SEG_FC_DROPOUT = 0.0
 

@@ -29,6 +29,8 @@ ALLOWED_CHOICES = {
     "MODEL.R2IOS.OUTPUT_MODE": ("proposal", "per_class"),
     "MODEL.R2IOS.NMS_TYPE": ("box", "mask"),
     "MODEL.R2IOS.MASK_LOSS_NORMALIZER": ("fg", "rois"),
+    "MODEL.VGG.NORM": ("", "GN"),
+    "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
 }
 
 

@@ -13,11 +13,12 @@ Parameter names are fixed (``conv1_1``, ``det_conv4_1``, ``seg_fc6`` ...): the V
 converter maps the ImageNet layers onto them.
 """
 
+import math
 from typing import Dict, List, Sequence
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torch.nn import functional as F
@@ -37,7 +38,8 @@ def _scaled(channels: int, width: float) -> int:
 class VGG16TwoBranch(Backbone):
     """VGG-16 trunk with a detection branch (stride 16) and a segmentation branch (stride 8).
 
-    Every conv is a plain ``nn.Conv2d`` followed by ReLU, set directly on this module.
+    Every conv is an ``nn.Conv2d`` (optionally followed by GroupNorm, ``MODEL.VGG.NORM``) and a
+    ReLU, set directly on this module.
     """
 
     @configurable
@@ -52,6 +54,7 @@ class VGG16TwoBranch(Backbone):
         seg_fc_dropout: float = 0.0,
         out_features: Sequence[str] = ("det", "seg"),
         freeze_at: int = 0,
+        norm: str = "",
     ):
         """
         Args:
@@ -66,11 +69,16 @@ class VGG16TwoBranch(Backbone):
             freeze_at: freeze the first ``freeze_at`` conv blocks (0 = nothing; 1 = conv1_*,
                 2 = conv1_* + conv2_*, 3 also conv3_*, 4 also both branches' conv4_*, 5 also
                 both branches' conv5_*, 6 also ``seg_fc6`` / ``seg_fc7``).
+            norm: ``""`` (VGG-16 as published, no normalisation) or ``"GN"`` (GroupNorm after
+                every conv, gcd(32, channels) groups; for training from scratch).
         """
         super().__init__()
         for name in out_features:
             if name not in ("det", "seg"):
                 raise ValueError(f"Unknown VGG output feature {name!r}; expected 'det' or 'seg'")
+        if norm not in ("", "GN"):
+            raise ValueError(f"MODEL.VGG.NORM must be '' or 'GN', got {norm!r}")
+        self._norm = norm
         if not 0 <= freeze_at <= 6:
             raise ValueError(f"freeze_at must be in [0, 6], got {freeze_at}")
         ch = [_scaled(c, width) for c in _BLOCK_CHANNELS]
@@ -111,12 +119,24 @@ class VGG16TwoBranch(Backbone):
         # "same" padding keeps the resolution of dilated convs (the paper adds padding "when
         # necessary to keep the resolution of feature maps").
         padding = dilation * (kernel_size // 2)
-        conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation)
+        gn = nn.GroupNorm(math.gcd(32, out_ch), out_ch) if self._norm == "GN" else None
+        # detectron2's Conv2d is an nn.Conv2d (same parameter names, so converted VGG-16
+        # weights load); with GN the norm's parameters are "<name>.norm.*".
+        conv = Conv2d(
+            in_ch,
+            out_ch,
+            kernel_size,
+            padding=padding,
+            dilation=dilation,
+            bias=gn is None,
+            norm=gn,
+        )
         # He init as torchvision's VGG: without BatchNorm, PyTorch's default init shrinks the
         # signal ~3x per layer, so a from-scratch 16-layer net barely trains. Pre-trained
         # ImageNet weights (tools/convert_vgg16.py) replace it in real runs.
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.constant_(conv.bias, 0.0)
+        if conv.bias is not None:
+            nn.init.constant_(conv.bias, 0.0)
         setattr(self, name, conv)
         self._blocks[block].append(name)
         return out_ch
@@ -192,6 +212,7 @@ class VGG16TwoBranch(Backbone):
             "seg_fc_dropout": cfg.MODEL.VGG.SEG_FC_DROPOUT,
             "out_features": cfg.MODEL.VGG.OUT_FEATURES,
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+            "norm": cfg.MODEL.VGG.NORM,
         }
 
 
