@@ -822,9 +822,10 @@ def ablation_table(result: dict) -> str:
         for m in METRICS:
             mean, std = v["mean"][m], v["std"][m]
             cells.append(f"{mean:.1f} ± {std:.1f}" if v["n_seeds"] > 1 else f"{mean:.1f}")
-        cells.append(v["n_seeds"])
+        cells += [_fmt(v.get("bbox_AP50_mean")), v["n_seeds"]]
         rows.append(cells)
-    head = ["variant", "paper APr@0.5 (VOC)", *(f"ours {m}" for m in METRICS), "seeds"]
+    head = ["variant", "paper APr@0.5 (VOC)", *(f"ours {m}" for m in METRICS)]
+    head += ["ours box AP50", "seeds"]
     return tabulate(rows, head, tablefmt="github")
 
 
@@ -839,6 +840,7 @@ def run_ablation(args) -> dict:
     scale = args.schedule or (args.quick_schedule if args.quick else args.full_schedule)
     s1_opts, n1 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage1.yaml", scale, args.stage1_iters)
     s2_opts, n2 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage2.yaml", scale, args.stage2_iters)
+    machine = machine_info("cpu")
     work = Path(args.work_dir).resolve() / f"ablation_s1-{n1}_s2-{n2}"
     runner = AblationRunner(work, s1_opts, s2_opts, sys.executable, args.train_threads)
     logger.info("ablation: %d variants x seeds %s, stage 1 %d it, stage 2 %d it -> %s",
@@ -871,14 +873,22 @@ def run_ablation(args) -> dict:
                 "n_seeds": len(runs),
                 "mean": {m: s[0] for m, s in stats.items()},
                 "std": {m: s[1] for m, s in stats.items()},
+                "bbox_AP50_mean": statistics.fmean(r["bbox_AP50"] or 0.0 for r in runs),
             }
         )
     return {
-        "machine": machine_info("cpu"),
+        "machine": machine,
         "quick": args.quick,
         "seeds": seeds,
         "stage1_config": "configs/synthetic/r2ios_tiny_stage1.yaml",
         "stage2_config": "configs/synthetic/r2ios_tiny_stage2.yaml",
+        "schedule_scale": scale,
+        "yaml_max_iter": {
+            "stage1": _yaml_solver(SYNTHETIC / "r2ios_tiny_stage1.yaml").MAX_ITER,
+            "stage2": _yaml_solver(SYNTHETIC / "r2ios_tiny_stage2.yaml").MAX_ITER,
+        },
+        "train_threads": args.train_threads,
+        "jobs": args.jobs,
         "stage1_overrides": s1_opts,
         "stage2_overrides": s2_opts,
         "work_dir": str(work),
