@@ -34,8 +34,13 @@ def _run(cmd: list, log_file: Path) -> None:
     """Run a step as a subprocess, its output to ``log_file``; fail loudly with the log tail."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ %s  (log: %s)", " ".join(str(c) for c in cmd), log_file)
+    # One intra-op thread per process: on 2 cores, with a data-loader worker beside it, more
+    # threads oversubscribe the CPU and make a tiny model's step several times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_file, "w") as f:
-        proc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.run(
+            [str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
     if proc.returncode != 0:
         tail = log_file.read_text().splitlines()[-30:]
         raise SystemExit(f"step failed ({proc.returncode}): see {log_file}\n" + "\n".join(tail))
