@@ -19,6 +19,8 @@ from detectron2.layers.mask_ops import paste_masks_in_image  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
+from .atomic import atomic_open  # noqa: E402
+
 __all__ = ["draw_detections", "draw_trace", "save_figure_atomic"]
 
 
@@ -137,22 +139,9 @@ def draw_trace(
 
 def save_figure_atomic(fig, path: str, dpi: int = 110) -> None:
     """Save a matplotlib figure (or an RGB array) as PNG via a temporary file + rename."""
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_open(path, "wb", suffix=".png") as f:
         if isinstance(fig, np.ndarray):
-            plt.imsave(tmp, fig)
+            plt.imsave(f, fig, format="png")
         else:
-            fig.savefig(tmp, dpi=dpi)
+            fig.savefig(f, dpi=dpi, format="png")
             plt.close(fig)
-        os.chmod(tmp, 0o644)  # mkstemp files are 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -55,7 +55,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -64,6 +63,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 from tqdm import tqdm
+
+from ..atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -283,16 +284,8 @@ def _load_cache(path: str) -> Optional[List[Dict[str, Any]]]:
 
 def _write_cache(path: str, records: List[Dict[str, Any]]) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as f:
-                f.write(json.dumps(records, default=_json_default).encode())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as f:
+            f.write(json.dumps(records, default=_json_default).encode())
     except OSError as e:
         logger.warning(f"Could not write dataset cache {path}: {e}")
 

@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,6 +34,8 @@ from detectron2.data import (
 )
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.structures import BoxMode
+
+from ..atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -81,24 +82,15 @@ def save_proposal_file(
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = rank_scores(len(boxes)) if scores is None else np.asarray(scores, np.float32)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                boxes=boxes,
-                scores=scores,
-                image_id=np.asarray(str(image_id)),
-                height=np.asarray(int(height), np.int64),
-                width=np.asarray(int(width), np.int64),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb", suffix=".npz") as f:
+        np.savez(
+            f,
+            boxes=boxes,
+            scores=scores,
+            image_id=np.asarray(str(image_id)),
+            height=np.asarray(int(height), np.int64),
+            width=np.asarray(int(width), np.int64),
+        )
 
 
 def validate_proposals(
@@ -261,17 +253,8 @@ def write_proposal_pickle(
         "objectness_logits": [np.asarray(s, np.float32) for s in scores],
         "bbox_mode": BoxMode.XYXY_ABS,
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb", suffix=".pkl") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_proposal_pickle(

@@ -15,25 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..atomic import atomic_open
+
 logger = logging.getLogger(__name__)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(tmp: str, path: str) -> None:
-    # mkstemp creates files with mode 0600; give the final file the usual permissions.
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
 
 
 class CheckpointError(RuntimeError):
@@ -41,35 +30,15 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save(obj, path)``, atomically (see :func:`r2ios_d2.atomic.atomic_open`)."""
+    with atomic_open(path, "wb", suffix=".pth") as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path``, atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 class R2IOSCheckpointer(DetectionCheckpointer):

@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -32,6 +31,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..atomic import atomic_open
 from .instance_ap import (
     MATCHING_RULES,
     VOID_MODES,
@@ -316,19 +316,8 @@ def write_json_atomic(
 
     ``sanitize`` turns NaN / inf into null (skip it for large objects known to be finite).
     """
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(
-                json.dumps(_json_safe(obj) if sanitize else obj, indent=indent, allow_nan=False)
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", suffix=".json") as f:
+        f.write(json.dumps(_json_safe(obj) if sanitize else obj, indent=indent, allow_nan=False))
 
 
 def save_predictions(
