@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -225,6 +225,18 @@ def _thr_key(t: float) -> str:
     return f"{round(t * 100):d}" if abs(t * 100 - round(t * 100)) < 1e-6 else f"{t * 100:g}"
 
 
+def _reported_thresholds(
+    r: Dict[str, Any], report_thresholds: Optional[Sequence[float]]
+) -> Tuple[List[float], List[float]]:
+    """(all evaluated thresholds, the ones to report): by default 0.5/0.6/0.7 and any threshold
+    evaluated outside the AP_vol set."""
+    thr = [float(t) for t in r["thresholds"]]
+    if report_thresholds is not None:
+        return thr, [round(float(t), 6) for t in report_thresholds]
+    vol = {float(t) for t in r["vol_thresholds"]}
+    return thr, [t for t in (0.5, 0.6, 0.7) if t in thr] + [t for t in thr if t not in vol]
+
+
 def format_results(
     raw: Dict[str, Dict[str, Any]],
     class_names: Sequence[str],
@@ -246,12 +258,7 @@ def format_results(
     results: OrderedDict[str, Dict[str, float]] = OrderedDict()
     for task, prefix in (("segm", "APr"), ("bbox", "AP")):
         r = raw[task]
-        thr = [float(t) for t in r["thresholds"]]
-        if report_thresholds is None:
-            vol = {float(t) for t in r["vol_thresholds"]}
-            rep = [t for t in (0.5, 0.6, 0.7) if t in thr] + [t for t in thr if t not in vol]
-        else:
-            rep = [round(float(t), 6) for t in report_thresholds]
+        thr, rep = _reported_thresholds(r, report_thresholds)
         d: Dict[str, float] = {}
         for t in rep:
             d[f"{prefix}{_thr_key(t)}"] = 100.0 * float(r["map"][thr.index(t)])
@@ -272,12 +279,7 @@ def results_table(
 ) -> str:
     """Per-class table: rows are classes and the mean; columns AP per threshold, AP_vol, #GT."""
     r = raw[task]
-    thr = [float(t) for t in r["thresholds"]]
-    if report_thresholds is None:
-        vol = {float(t) for t in r["vol_thresholds"]}
-        rep = [t for t in (0.5, 0.6, 0.7) if t in thr] + [t for t in thr if t not in vol]
-    else:
-        rep = [round(float(t), 6) for t in report_thresholds]
+    thr, rep = _reported_thresholds(r, report_thresholds)
     prefix = "APr" if task == "segm" else "AP"
     headers = ["class", *[f"{prefix}{_thr_key(t)}" for t in rep], f"{prefix}_vol", "#GT"]
     rows = []
