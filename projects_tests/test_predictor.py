@@ -236,7 +236,8 @@ def test_demo_skips_a_corrupt_image_and_writes_pictures_and_coco_json(
     assert rc == 0
     written = sorted(os.listdir(out))
     assert written == ["a.png", "a_trace.png", "b.png", "b_trace.png", "results.json"]
-    assert cv2.imread(str(out / "a.png")).shape[:2] == (H, W)
+    # Small images are drawn enlarged to a 600-px longer side, same aspect ratio.
+    assert cv2.imread(str(out / "a.png")).shape[:2] == (H * 600 // W, 600)
     summary = capsys.readouterr().out
     assert "2 of 3 images done" in summary and "broken.jpg" in summary
 

@@ -29,6 +29,7 @@ def draw_detections(
     instances: Instances,
     metadata,
     score_thresh: float = 0.5,
+    min_side: int = 600,
 ) -> np.ndarray:
     """Final detections over the image.
 
@@ -37,13 +38,16 @@ def draw_detections(
         instances: postprocessed predictions (``pred_masks`` (N, H, W) at image size).
         metadata: the dataset's metadata (``thing_classes``, ``thing_colors``).
         score_thresh: detections below this score are not drawn.
+        min_side: small images are drawn enlarged so that the longer side has at least this
+            many pixels (labels stay readable).
 
     Returns:
-        (H, W, 3) uint8 RGB picture.
+        (H', W', 3) uint8 RGB picture, (H, W) scaled by max(1, min_side / max(H, W)).
     """
     inst = instances.to("cpu")
     inst = inst[inst.scores >= score_thresh]
-    vis = Visualizer(image_rgb, metadata=metadata, instance_mode=ColorMode.IMAGE)
+    scale = max(1.0, min_side / max(image_rgb.shape[:2]))
+    vis = Visualizer(image_rgb, metadata=metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     return vis.draw_instance_predictions(inst).get_image()
 
 
