@@ -24,5 +24,5 @@ setup(
         "tabulate",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={"dev": ["pytest>=7", "ruff==0.17.6"]},  # ruff pinned: `make lint` is exact
 )
