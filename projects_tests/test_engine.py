@@ -110,3 +110,18 @@ def test_convert_vgg16_mapping():
 def test_convert_rejects_other_state_dicts():
     with pytest.raises(KeyError, match="not a torchvision VGG-16"):
         convert_torchvision_vgg16({"features.0.weight": torch.zeros(1)})
+
+
+def test_checkpointer_for_config_takes_the_opt_ins_from_the_config():
+    from detectron2.config import get_cfg
+
+    from r2ios_d2 import add_r2ios_config
+
+    cfg = get_cfg()
+    add_r2ios_config(cfg)
+    ckpt = R2IOSCheckpointer.for_config(_Net(), cfg)
+    assert (ckpt.allow_pickle, ckpt.allow_shape_mismatch) == (False, False)
+    cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS = True
+    cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH = True
+    ckpt = R2IOSCheckpointer.for_config(_Net(), cfg, "out_dir")
+    assert (ckpt.allow_pickle, ckpt.allow_shape_mismatch, ckpt.save_dir) == (True, True, "out_dir")

@@ -104,11 +104,7 @@ class R2IOSPredictor:
 
         self.model = build_model(self.cfg)
         self.model.eval()
-        R2IOSCheckpointer(
-            self.model,
-            allow_pickle=self.cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS,
-            allow_shape_mismatch=self.cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH,
-        ).load(self.cfg.MODEL.WEIGHTS)
+        R2IOSCheckpointer.for_config(self.model, self.cfg).load(self.cfg.MODEL.WEIGHTS)
         if not self.cfg.MODEL.WEIGHTS:
             logger.warning(
                 "MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model"

@@ -49,12 +49,8 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         with ddp_for_cpu_models():
             super().__init__(cfg)
-        self.checkpointer = R2IOSCheckpointer(
-            self.model,
-            cfg.OUTPUT_DIR,
-            trainer=weakref.proxy(self),
-            allow_pickle=cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS,
-            allow_shape_mismatch=cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH,
+        self.checkpointer = R2IOSCheckpointer.for_config(
+            self.model, cfg, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
 
     @classmethod
@@ -137,12 +133,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        R2IOSCheckpointer(
-            model,
-            save_dir=cfg.OUTPUT_DIR,
-            allow_pickle=cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS,
-            allow_shape_mismatch=cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH,
-        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        R2IOSCheckpointer.for_config(model, cfg, cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

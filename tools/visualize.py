@@ -51,11 +51,7 @@ def main(argv=None) -> list:
     metadata = MetadataCatalog.get(dataset)
 
     model = build_model(cfg)
-    R2IOSCheckpointer(
-        model,
-        allow_pickle=cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS,
-        allow_shape_mismatch=cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH,
-    ).load(cfg.MODEL.WEIGHTS)
+    R2IOSCheckpointer.for_config(model, cfg).load(cfg.MODEL.WEIGHTS)
     model.eval()
 
     wanted = set(args.image_ids or [])

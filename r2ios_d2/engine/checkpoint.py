@@ -65,6 +65,20 @@ class R2IOSCheckpointer(DetectionCheckpointer):
         self.allow_pickle = allow_pickle
         self.allow_shape_mismatch = allow_shape_mismatch
 
+    @classmethod
+    def for_config(
+        cls, model: torch.nn.Module, cfg: Any, save_dir: str = "", **kwargs: Any
+    ) -> R2IOSCheckpointer:
+        """A checkpointer with the opt-ins of ``cfg`` (``MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS``,
+        ``MODEL.R2IOS.ALLOW_SHAPE_MISMATCH``); ``kwargs`` as for the constructor."""
+        return cls(
+            model,
+            save_dir,
+            allow_pickle=cfg.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS,
+            allow_shape_mismatch=cfg.MODEL.R2IOS.ALLOW_SHAPE_MISMATCH,
+            **kwargs,
+        )
+
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
