@@ -89,12 +89,14 @@ def _fake_run_logged(calls):
 
 
 def test_ablation_shares_stage1_models_reuses_results_and_aggregates(bench, tmp_path, monkeypatch):
-    calls = []
+    calls, prepared = [], []
     monkeypatch.setattr(bench, "_run_logged", _fake_run_logged(calls))
+    monkeypatch.setattr(bench, "prepare_synthetic_data", lambda: prepared.append(True))
     argv = ["--ablation", "--seeds", "0", "2", "--jobs", "2", "--stage1-iters", "4"]
     argv += ["--stage2-iters", "2", "--work-dir", str(tmp_path / "work")]
     argv += ["--results-dir", str(tmp_path / "res")]
     assert bench.main(argv) == 0
+    assert prepared  # the ablation makes its data and proposals on a fresh clone
     trainings = [c for c in calls if "--eval-only" not in c]
     outputs = sorted(Path(c[c.index("OUTPUT_DIR") + 1]).name for c in trainings)
     # per seed: 7 stage-1 models and 4 stage-2 models; recursive_4 and R2-IOS share s1_T4,
@@ -115,6 +117,7 @@ def test_ablation_shares_stage1_models_reuses_results_and_aggregates(bench, tmp_
 def test_quick_ablation_runs_the_documented_variants(bench, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "_run_logged", _fake_run_logged(calls))
+    monkeypatch.setattr(bench, "prepare_synthetic_data", lambda: None)
     argv = ["--ablation", "--quick", "--work-dir", str(tmp_path / "work")]
     argv += ["--results-dir", str(tmp_path / "res")]
     assert bench.main(argv) == 0

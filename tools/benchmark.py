@@ -829,6 +829,13 @@ def ablation_table(result: dict) -> str:
     return tabulate(rows, head, tablefmt="github")
 
 
+def prepare_synthetic_data() -> None:
+    """The synthetic dataset and its proposals (what the demo uses), made if missing."""
+    from r2ios_d2.data.synthetic import prepare_synthetic_benchmark
+
+    prepare_synthetic_benchmark()
+
+
 def run_ablation(args) -> dict:
     """Train and evaluate the selected variants for every seed; aggregate over seeds."""
     names = args.variants or (QUICK_VARIANTS if args.quick else [v.name for v in VARIANTS])
@@ -841,6 +848,7 @@ def run_ablation(args) -> dict:
     scale = args.schedule or (args.quick_schedule if args.quick else args.full_schedule)
     s1_opts, n1 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage1.yaml", scale, args.stage1_iters)
     s2_opts, n2 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage2.yaml", scale, args.stage2_iters)
+    prepare_synthetic_data()
     machine = machine_info("cpu")
     work = Path(args.work_dir).resolve() / f"ablation_s1-{n1}_s2-{n2}"
     runner = AblationRunner(work, s1_opts, s2_opts, sys.executable, args.train_threads)

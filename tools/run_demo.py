@@ -69,30 +69,12 @@ def main(argv=None) -> int:
     start = time.time()
     timings = {}
 
-    # 1. data (the generator itself reuses a complete dataset with the same arguments)
+    # 1-2. data and selective-search proposals (both reuse what is already complete)
     t = time.time()
-    from r2ios_d2.data.synthetic import generate_synthetic_dataset, synthetic_root
+    from r2ios_d2.data.synthetic import prepare_synthetic_benchmark
 
-    root = synthetic_root()
-    generate_synthetic_dataset(root, num_train=args.num_train, num_val=args.num_val, seed=0)
-    timings["data"] = time.time() - t
-
-    # 2. proposals (the tool skips images whose proposal file is complete)
-    t = time.time()
-    for split in ("train", "val"):
-        _run(
-            [
-                py,
-                "tools/selective_search.py",
-                "--dataset",
-                f"r2ios_synthetic_{split}",
-                "--workers",
-                args.workers,
-                "--recall",
-            ],
-            out / "logs" / f"selective_search_{split}.log",
-        )
-    timings["proposals"] = time.time() - t
+    prepare_synthetic_benchmark(args.num_train, args.num_val, seed=0, workers=args.workers)
+    timings["data_and_proposals"] = time.time() - t
 
     # 3-4. training (each stage is done once its model_final.pth exists; --resume continues it)
     stages = [

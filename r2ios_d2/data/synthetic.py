@@ -81,6 +81,7 @@ __all__ = [
     "difficulty_statistics",
     "log_difficulty_statistics",
     "register_synthetic",
+    "prepare_synthetic_benchmark",
     "synthetic_root",
 ]
 
@@ -102,6 +103,36 @@ _MIN_VISIBLE_PIXELS = 40
 def synthetic_root() -> str:
     """Default root of the synthetic dataset: ``$DETECTRON2_DATASETS/r2ios_synthetic``."""
     return os.path.join(datasets_root(), "r2ios_synthetic")
+
+
+def prepare_synthetic_benchmark(
+    num_train: int = 160, num_val: int = 60, seed: int = 0, workers: Optional[int] = None
+) -> str:
+    """Everything the demo and the benchmarks train on: the synthetic dataset at
+    :func:`synthetic_root` (written if missing) and selective-search proposals for its
+    ``r2ios_synthetic_train`` / ``_val`` splits in their ``proposal_dir`` (resumable: finished
+    images are skipped).
+
+    Returns:
+        the dataset root.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .selective_search import compute_proposals
+
+    root = synthetic_root()
+    generate_synthetic_dataset(root, num_train=num_train, num_val=num_val, seed=seed)
+    for split in ("train", "val"):
+        name = f"r2ios_synthetic_{split}"
+        items = [
+            (str(d["image_id"]), d["file_name"], d["height"], d["width"])
+            for d in DatasetCatalog.get(name)
+        ]
+        stats = compute_proposals(
+            items, MetadataCatalog.get(name).proposal_dir, workers=workers or os.cpu_count() or 1
+        )
+        logger.info("selective search for %s: %s", name, stats)
+    return root
 
 
 # ------------------------------------------------------------------------------ drawing
