@@ -99,9 +99,15 @@ def test_ablation_shares_stage1_models_reuses_results_and_aggregates(bench, tmp_
     assert prepared  # the ablation makes its data and proposals on a fresh clone
     trainings = [c for c in calls if "--eval-only" not in c]
     outputs = sorted(Path(c[c.index("OUTPUT_DIR") + 1]).name for c in trainings)
-    # per seed: 7 stage-1 models and 4 stage-2 models; recursive_4 and R2-IOS share s1_T4,
-    # recursive_1 and "recursive only in testing" share s1_T1
-    assert len(trainings) == 2 * 11 and len(set(outputs)) == 11
+    # per seed: 9 stage-1 models (8 R2-IOS, the Mask R-CNN heads baseline) and 5 stage-2
+    # models; recursive_4 and R2-IOS share s1_T4, recursive_1 and "recursive only in testing"
+    # share s1_T1
+    assert len(trainings) == 2 * 14 and len(set(outputs)) == 14
+    baseline = [c for c in trainings if "s1_mask_rcnn" in c[c.index("OUTPUT_DIR") + 1]]
+    assert len(baseline) == 2
+    for c in baseline:  # its own config, as many iterations as both R2-IOS stages (4 + 2)
+        assert c[c.index("--config-file") + 1].endswith("mask_rcnn_heads_tiny.yaml")
+        assert c[c.index("SOLVER.MAX_ITER") + 1] == "6"
     assert len([c for c in calls if "--eval-only" in c]) == 2 * len(bench.VARIANTS)
     result = json.loads((tmp_path / "res" / "ablation.json").read_text())
     only_test = next(v for v in result["variants"] if v["name"] == "recursive_only_testing")
@@ -124,4 +130,5 @@ def test_quick_ablation_runs_the_documented_variants(bench, tmp_path, monkeypatc
     result = json.loads((tmp_path / "res" / "ablation_quick.json").read_text())
     assert [v["name"] for v in result["variants"]] == bench.QUICK_VARIANTS
     assert result["seeds"] == [0]
-    assert len([c for c in calls if "--eval-only" not in c]) == 3  # s1_T1, s1_T4, s2_T4
+    # s1_T1, s1_T4, s2_T4 and the baseline
+    assert len([c for c in calls if "--eval-only" not in c]) == 4

@@ -135,27 +135,96 @@ def test_train_losses_and_gradients_reach_every_parameter(synthetic_inputs):
     model.train()
     with EventStorage() as storage:
         losses = model(synthetic_inputs)
-        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_mask_conf"}
         assert all(torch.isfinite(v) and v > 0 for v in losses.values())
         assert "r2ios/loss_cls_t4" in storage.latest() and "r2ios/gate_frac_t4" in storage.latest()
-        # The classification loss alone reaches the mask head through the seg-aware feature v.
+        # Default SEG_AWARE_GRAD_SCALE 0: the classification loss does not train the mask head.
         losses["loss_cls"].backward(retain_graph=True)
         mh = model.roi_heads.mask_head
         for p in (mh.ae_fc1.weight, mh.ae_fc2.weight, mh.score.weight):
-            assert p.grad is not None and p.grad.abs().sum() > 0
+            assert p.grad is None or not p.grad.any()
         model.zero_grad()
         sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert missing == []
 
 
-def _scripted_predict(heads, script, record):
-    """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``."""
+def test_paper_literal_seg_aware_lets_classification_train_the_mask_head(synthetic_inputs):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.SEG_AWARE_INPUT = "logits"
+    cfg.MODEL.R2IOS.SEG_AWARE_GRAD_SCALE = 1.0
+    cfg.MODEL.R2IOS.SEG_AWARE_SCALE = 1.0
+    cfg.MODEL.R2IOS.CONF_LOSS_WEIGHT = 0.0
+    model = _build(cfg).train()
+    with EventStorage():
+        losses = model(synthetic_inputs)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+    # The classification loss alone reaches the mask head through the seg-aware feature v.
+    losses["loss_cls"].backward()
+    mh = model.roi_heads.mask_head
+    for p in (mh.ae_fc1.weight, mh.ae_fc2.weight, mh.score.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
 
-    def fake(box_features, scored, boxes):
+
+@pytest.mark.parametrize("scale", [0.0, 0.25, 1.0])
+def test_seg_aware_grad_scale_scales_only_the_gradient_into_v(scale):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.SEG_AWARE_INPUT = "logits"
+    cfg.MODEL.R2IOS.SEG_AWARE_SCALE = 1.0
+    outs, grads = [], []
+    x, v0 = torch.randn(5, 64), torch.randn(5, 2, 40, 40)
+    for s in (1.0, scale):
+        cfg.MODEL.R2IOS.SEG_AWARE_GRAD_SCALE = s
+        predictor = _build(cfg).roi_heads.box_predictor  # same seed: same weights
+        v = v0.clone().requires_grad_(True)
+        logits, deltas = predictor(x, v)
+        (logits.sum() + deltas.pow(2).sum()).backward()
+        outs.append(logits.detach())
+        grads.append(torch.zeros_like(v) if v.grad is None else v.grad)
+    torch.testing.assert_close(outs[1], outs[0])  # same forward pass
+    torch.testing.assert_close(grads[1], grads[0] * scale)
+
+
+def test_seg_aware_probs_are_centred_and_scaled():
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.SEG_AWARE_INPUT = "probs"
+    cfg.MODEL.R2IOS.SEG_AWARE_SCALE = 0.05
+    predictor = _build(cfg).roi_heads.box_predictor
+    seen = []
+    predictor.cls_score.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x, v = torch.randn(3, 64), torch.randn(3, 2, 40, 40) * 5
+    predictor(x, v)
+    expected = (torch.softmax(v, dim=1) - 0.5).flatten(1) * 0.05
+    torch.testing.assert_close(seen[0], torch.cat([x, expected], dim=1))
+
+
+def test_gradient_probes_log_what_each_loss_sends_into_the_seg_branch(synthetic_inputs):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.GRAD_PROBE_PERIOD = 5
+    model = _build(cfg).train()
+    with EventStorage(start_iter=4) as storage:  # (iter + 1) % 5 == 0: probed
+        model(synthetic_inputs)
+        latest = storage.latest()
+    assert latest["r2ios/grad_seg/loss_mask"][0] > 0
+    assert latest["r2ios/grad_seg/loss_mask_conf"][0] > 0
+    # Default SEG_AWARE_GRAD_SCALE 0: the classification loss sends nothing into the seg branch.
+    assert latest["r2ios/grad_seg/loss_cls"][0] == 0
+    with EventStorage(start_iter=5) as storage:  # not a probe iteration
+        model(synthetic_inputs)
+        assert not any(k.startswith("r2ios/grad_") for k in storage.latest())
+
+
+def _scripted_predict(heads, script, record):
+    """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``; the
+    confidence maps C it reports are zeros."""
+
+    def fake(box_features, scored, boxes, confidence_maps=None):
         n = sum(len(b) for b in boxes)
         record.append(n)
-        return script(len(record) - 1, n)
+        out = script(len(record) - 1, n)
+        if confidence_maps is not None:
+            confidence_maps.append(torch.zeros_like(out[2], requires_grad=True))
+        return out
 
     heads._predict = fake
 
@@ -211,6 +280,8 @@ def test_gate_drops_losses_after_t_prime_and_background_runs_once(gate):
     torch.testing.assert_close(losses["loss_cls"], expected_cls)
     # v = 0 gives log 2 per pixel; normalised by the 2 foreground RoIs per iteration.
     torch.testing.assert_close(losses["loss_mask"], counted.sum() * math.log(2) / 2)
+    # The loss on C counts the same rows with the same normalisation (C = 0 here too).
+    torch.testing.assert_close(losses["loss_mask_conf"], counted.sum() * math.log(2) / 2)
     assert losses["loss_box_reg"] > 0
 
 

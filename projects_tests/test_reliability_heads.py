@@ -60,7 +60,7 @@ def _train_and_infer(model, inputs, append_gt=True):
         model.zero_grad()
         with EventStorage():
             losses = model(inputs)
-        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_mask_conf"}
         assert all(torch.isfinite(v) for v in losses.values()), losses
         sum(losses.values()).backward()
         for name, p in model.named_parameters():

@@ -44,6 +44,10 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.TEST_NUM_ITERATIONS = 4
     # Reversible gate: stage 1 trains without it (False), stage 2 fine-tunes with it (True).
     _C.MODEL.R2IOS.GATE = False
+    # Reversible gate at test time: output each proposal's iteration with the best gate score
+    # (the paper's R2-IOS). False = its last iteration (Table 2's "recursive_k" rows, "obtained
+    # without using the reversible gates").
+    _C.MODEL.R2IOS.TEST_GATE = True
     # Gate score at test time: "all" = max over all K+1 classes (paper), "foreground" = over K.
     _C.MODEL.R2IOS.GATE_SCORE = "all"
     # Use the segmentation-aware feature concat(fc7, v) for classification and regression.
@@ -63,6 +67,26 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.MASK_LOSS_WEIGHT = 1.0
     # Init std of the mask scoring conv and the AE/fc layers (paper: 0.001).
     _C.MODEL.R2IOS.MASK_INIT_STD = 0.001
+    # --- Training aids the paper does not describe (see the README, "Why the masks did not
+    # learn"). The paper's literal recipe is SEG_AWARE_INPUT "logits", SEG_AWARE_GRAD_SCALE
+    # 1.0, CONF_LOSS_WEIGHT 0.0 (configs/ablations/paper_literal.yaml).
+    # What of v enters the seg-aware feature: "logits" (raw v, unbounded, as the paper's text)
+    # or "probs" (per-pixel softmax of v over its 2 channels minus 0.5, in [-0.5, 0.5]; same
+    # 3200 dims).
+    _C.MODEL.R2IOS.SEG_AWARE_INPUT = "probs"
+    # Factor on vec(v) in the seg-aware feature (1.0 = the paper). Its 3200 correlated entries
+    # otherwise move the predictor's outputs ~10x faster per step than fc7 does.
+    _C.MODEL.R2IOS.SEG_AWARE_SCALE = 0.05
+    # Factor on the gradient that the classification and box losses send back into v through
+    # the seg-aware feature (1.0 = fully joint, as the paper; 0.0 = v is detached there; the
+    # forward pass is unchanged).
+    _C.MODEL.R2IOS.SEG_AWARE_GRAD_SCALE = 0.0
+    # Weight of a pixel-wise cross-entropy on the pooled confidence maps C (the AE's input),
+    # against the same dominant-instance targets as v (0 = off, as the paper).
+    _C.MODEL.R2IOS.CONF_LOSS_WEIGHT = 1.0
+    # Every this many training iterations, log the gradient norm that each loss term sends into
+    # the segmentation branch (the scored stride-8 map) and into v (0 = off).
+    _C.MODEL.R2IOS.GRAD_PROBE_PERIOD = 20
     # Init std of the class scores (paper: 0.01) and of the box deltas (paper: 0.001).
     _C.MODEL.R2IOS.CLS_INIT_STD = 0.01
     _C.MODEL.R2IOS.BOX_INIT_STD = 0.001

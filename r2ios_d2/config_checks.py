@@ -29,6 +29,7 @@ ALLOWED_CHOICES = {
     "MODEL.R2IOS.OUTPUT_MODE": ("proposal", "per_class"),
     "MODEL.R2IOS.NMS_TYPE": ("box", "mask"),
     "MODEL.R2IOS.MASK_LOSS_NORMALIZER": ("fg", "rois"),
+    "MODEL.R2IOS.SEG_AWARE_INPUT": ("logits", "probs"),
     "MODEL.VGG.NORM": ("", "GN"),
     "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
 }
@@ -98,6 +99,10 @@ RANGE_CHECKS = {
     "MODEL.R2IOS.MASK_POOLER_SAMPLING_RATIO": _range_check(0, integer=True),
     "MODEL.R2IOS.MASK_LOSS_WEIGHT": _range_check(0),
     "MODEL.R2IOS.MASK_INIT_STD": _range_check(0),
+    "MODEL.R2IOS.SEG_AWARE_GRAD_SCALE": _range_check(0),
+    "MODEL.R2IOS.SEG_AWARE_SCALE": _range_check(0),
+    "MODEL.R2IOS.CONF_LOSS_WEIGHT": _range_check(0),
+    "MODEL.R2IOS.GRAD_PROBE_PERIOD": _range_check(0, integer=True),
     "MODEL.R2IOS.CLS_INIT_STD": _range_check(0),
     "MODEL.R2IOS.BOX_INIT_STD": _range_check(0),
     "MODEL.R2IOS.MASK_THRESHOLD": _range_check(0, 1, low_open=True, high_open=True),

@@ -675,7 +675,22 @@ STAGE1_MODELS: Dict[str, List[str]] = {
     "conv": ["MODEL.R2IOS.MASK_VARIANT", "conv"],
     "fc": ["MODEL.R2IOS.MASK_VARIANT", "fc"],
     "noseg": ["MODEL.R2IOS.SEG_AWARE", "False"],
+    # The paper's text taken literally: raw v in the seg-aware feature with its full gradient,
+    # no loss on the confidence maps C (the training aids off).
+    "literal": [
+        "MODEL.R2IOS.SEG_AWARE_INPUT",
+        "logits",
+        "MODEL.R2IOS.SEG_AWARE_SCALE",
+        "1.0",
+        "MODEL.R2IOS.SEG_AWARE_GRAD_SCALE",
+        "1.0",
+        "MODEL.R2IOS.CONF_LOSS_WEIGHT",
+        "0.0",
+    ],  # fmt: skip
+    "mask_rcnn": [],
 }
+# Models trained from another config than r2ios_tiny_stage1.yaml, for both stages together.
+BASELINE_CONFIGS = {"mask_rcnn": "mask_rcnn_heads_tiny.yaml"}
 
 
 @dataclass(frozen=True)
@@ -683,7 +698,7 @@ class Variant:
     """A row of the paper's Table 2: which stage-1 model, whether stage 2 (gate), test T."""
 
     name: str
-    paper_apr50: float  # paper, Table 2, APr@0.5 averaged over the VOC classes
+    paper_apr50: Optional[float]  # paper, Table 2, APr@0.5 averaged over the VOC classes
     stage1: str
     stage2: bool
     test_T: int
@@ -699,9 +714,17 @@ VARIANTS = [
     Variant("fully_wo_autoencoder", 63.6, "fc", True, 4),
     Variant("wo_seg_aware", 63.4, "noseg", True, 4),
     Variant("r2ios", 66.7, "T4", True, 4),
+    Variant("r2ios_paper_literal", 66.7, "literal", True, 4),
+    Variant("mask_rcnn_heads", None, "mask_rcnn", False, 1),
 ]
-# --quick: the recursion and the gate (3 trainings) — the paper's main claims.
-QUICK_VARIANTS = ["recursive_1", "recursive_4", "recursive_only_testing", "r2ios"]
+# --quick: the recursion and the gate (3 trainings), the paper's main claims, and the baseline.
+QUICK_VARIANTS = [
+    "recursive_1",
+    "recursive_4",
+    "recursive_only_testing",
+    "r2ios",
+    "mask_rcnn_heads",
+]
 METRICS = ["APr50", "APr60", "APr70", "APr_vol"]
 
 
@@ -751,9 +774,16 @@ class AblationRunner:
     """
 
     def __init__(
-        self, work: Path, s1_opts: List[str], s2_opts: List[str], python: str, threads: int = 1
+        self,
+        work: Path,
+        s1_opts: List[str],
+        s2_opts: List[str],
+        python: str,
+        threads: int = 1,
+        baseline_opts: Optional[List[str]] = None,
     ) -> None:
         self.work, self.s1_opts, self.s2_opts, self.python = work, s1_opts, s2_opts, python
+        self.baseline_opts = baseline_opts or []
         self.threads = threads
         self.train_seconds: Dict[str, float] = {}
 
@@ -762,9 +792,13 @@ class AblationRunner:
         final = out / "model_final.pth"
         if final.is_file():
             return final
-        config = SYNTHETIC / ("r2ios_tiny_stage2.yaml" if stage2 else "r2ios_tiny_stage1.yaml")
+        config = SYNTHETIC / _config_of(model, stage2)
         opts = ["OUTPUT_DIR", str(out), "SEED", str(seed), "DATASETS.TEST", "()"]
-        opts += STAGE1_MODELS[model] + (self.s2_opts if stage2 else self.s1_opts)
+        if model in BASELINE_CONFIGS:
+            schedule = self.baseline_opts
+        else:
+            schedule = self.s2_opts if stage2 else self.s1_opts
+        opts += STAGE1_MODELS[model] + schedule
         if stage2:
             opts += ["MODEL.WEIGHTS", str(self._train(seed, model, False))]
         cmd = [self.python, str(REPO / "tools" / "train_net.py"), "--config-file", str(config)]
@@ -784,7 +818,7 @@ class AblationRunner:
         if path.is_file():
             return json.loads(path.read_text())
         weights = self._train(seed, variant.stage1, variant.stage2)
-        config = "r2ios_tiny_stage2.yaml" if variant.stage2 else "r2ios_tiny_stage1.yaml"
+        config = _config_of(variant.stage1, variant.stage2)
         out = self.work / f"seed{seed}" / f"eval_{variant.name}"
         opts = ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out), "SEED", str(seed)]
         opts += STAGE1_MODELS[variant.stage1]
@@ -809,6 +843,13 @@ class AblationRunner:
         return result
 
 
+def _config_of(model: str, stage2: bool) -> str:
+    """The synthetic YAML that trains (and evaluates) ``model`` in the given stage."""
+    if model in BASELINE_CONFIGS:
+        return BASELINE_CONFIGS[model]
+    return "r2ios_tiny_stage2.yaml" if stage2 else "r2ios_tiny_stage1.yaml"
+
+
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -818,7 +859,7 @@ def ablation_table(result: dict) -> str:
     """Markdown table: mean ± std over seeds per metric, next to the paper's APr@0.5."""
     rows = []
     for v in result["variants"]:
-        cells = [v["name"], v["paper_apr50"]]
+        cells = [v["name"], _fmt(v["paper_apr50"])]
         for m in METRICS:
             mean, std = v["mean"][m], v["std"][m]
             cells.append(f"{mean:.1f} ± {std:.1f}" if v["n_seeds"] > 1 else f"{mean:.1f}")
@@ -843,15 +884,18 @@ def run_ablation(args) -> dict:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {[v.name for v in VARIANTS]}")
     variants = [v for v in VARIANTS if v.name in names]
-    # Two seeds keep the whole ablation within about an hour on 2 CPU cores (measured ~50 min).
-    seeds = args.seeds or ([0] if args.quick else [0, 1])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     scale = args.schedule or (args.quick_schedule if args.quick else args.full_schedule)
     s1_opts, n1 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage1.yaml", scale, args.stage1_iters)
     s2_opts, n2 = schedule_opts(SYNTHETIC / "r2ios_tiny_stage2.yaml", scale, args.stage2_iters)
     prepare_synthetic_data()
     machine = machine_info("cpu")
     work = Path(args.work_dir).resolve() / f"ablation_s1-{n1}_s2-{n2}"
-    runner = AblationRunner(work, s1_opts, s2_opts, sys.executable, args.train_threads)
+    # Baselines train as many iterations as R2-IOS's two stages together.
+    baseline_opts = schedule_opts(SYNTHETIC / BASELINE_CONFIGS["mask_rcnn"], scale, n1 + n2)[0]
+    runner = AblationRunner(
+        work, s1_opts, s2_opts, sys.executable, args.train_threads, baseline_opts
+    )
     logger.info("ablation: %d variants x seeds %s, stage 1 %d it, stage 2 %d it -> %s",
                 len(variants), seeds, n1, n2, work)  # fmt: skip
     t0 = time.time()
@@ -945,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ran 10-20x slower under contention",
     )
     g = p.add_argument_group("ablation")
-    g.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 (--quick: 0)")
+    g.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (--quick: 0)")
     g.add_argument("--variants", nargs="+", help=f"default: all ({[v.name for v in VARIANTS]})")
     g.add_argument("--schedule", type=float, help="fraction of the YAMLs' MAX_ITER/STEPS")
     g.add_argument("--full-schedule", type=float, default=0.5, help="default --schedule")

@@ -7,8 +7,11 @@ Steps (each is skipped when its output is already complete, so a re-run resumes)
 2. selective-search proposals for its train and val images;
 3. stage 1 training (no gate, T = 4) with ``configs/synthetic/r2ios_tiny_stage1.yaml``;
 4. stage 2 fine-tuning with the reversible gate (``r2ios_tiny_stage2.yaml``);
-5. AP^r evaluation of the untrained model, stage 1 and stage 2 on the val split;
-6. pictures (final results and the per-iteration trace) of a few val images.
+5. the side-by-side baseline: detectron2's stock Mask R-CNN heads on the same backbone,
+   proposals, data and optimiser, for as many iterations as both stages together
+   (``mask_rcnn_heads_tiny.yaml``);
+6. AP^r evaluation of the untrained model, stage 1, stage 2 and the baseline on the val split;
+7. pictures (final results and the per-iteration trace) of a few val images.
 
 Everything goes to ``--output`` (default ``demo_output/``); ``results.md`` / ``results.json``
 there hold the table printed at the end.
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "synthetic"
@@ -46,8 +50,54 @@ def _run(cmd: list, log_file: Path) -> None:
         raise SystemExit(f"step failed ({proc.returncode}): see {log_file}\n" + "\n".join(tail))
 
 
-def _segm(metrics_file: Path) -> dict:
-    return json.loads(metrics_file.read_text())["results"]["segm"]
+def _results(metrics_file: Path) -> dict:
+    return json.loads(metrics_file.read_text())["results"]
+
+
+def final_train_scalar(metrics_json: Path, key: str) -> Optional[float]:
+    """The last logged value of ``key`` in a detectron2 ``metrics.json`` (the median of its
+    last logging window), or None if it was never logged."""
+    value = None
+    if metrics_json.is_file():
+        for line in metrics_json.read_text().splitlines():
+            row = json.loads(line)
+            if key in row:
+                value = float(row[key])
+    return value
+
+
+def _solver_and_model(config: str):
+    from detectron2.config import get_cfg
+
+    from r2ios_d2 import add_r2ios_config
+
+    cfg = get_cfg()
+    add_r2ios_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / config))
+    return cfg
+
+
+def _max_iter(config: str) -> int:
+    return _solver_and_model(config).SOLVER.MAX_ITER
+
+
+def _num_iterations(config: str) -> int:
+    return _solver_and_model(config).MODEL.R2IOS.NUM_ITERATIONS
+
+
+def results_table(rows: dict, boxes: dict, mask_loss: dict) -> str:
+    """Markdown table: AP^r, box AP and the final training mask loss of every row."""
+    keys = ["APr50", "APr60", "APr70", "APr_vol"]
+    head = ["model (synthetic val, 60 images)", *keys, "box AP50", "box AP70", "train mask loss"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    for name, segm in rows.items():
+        box = boxes.get(name, {})
+        cells = [f"{segm[k]:.1f}" for k in keys]
+        cells += [f"{box[k]:.1f}" if k in box else "-" for k in ("AP50", "AP70")]
+        loss = mask_loss.get(name)
+        cells.append("-" if loss is None else f"{loss:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -58,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--stage1-iters", type=int, default=None, help="override MAX_ITER")
     parser.add_argument("--stage2-iters", type=int, default=None, help="override MAX_ITER")
+    parser.add_argument(
+        "--baseline-iters", type=int, default=None, help="override the baseline's MAX_ITER"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="[demo %(asctime)s] %(message)s", datefmt="%H:%M:%S"
@@ -85,6 +138,7 @@ def main(argv=None) -> int:
             args.stage2_iters,
             ["MODEL.WEIGHTS", out / "stage1" / "model_final.pth"],
         ),
+        ("mask_rcnn_heads", "mask_rcnn_heads_tiny.yaml", args.baseline_iters, []),
     ]
     for name, config, iters, extra in stages:
         t = time.time()
@@ -100,18 +154,28 @@ def main(argv=None) -> int:
         timings[f"train_{name}"] = time.time() - t
 
     # 5. evaluation: untrained (random init) vs the two stages, same val set and proposals
-    rows = {}
-    for name, weights in (
-        ("untrained", ""),
-        ("stage1 (no gate)", out / "stage1" / "model_final.pth"),
-        ("stage2 (gate)", out / "stage2" / "model_final.pth"),
-    ):
+    rows, boxes, mask_loss = {}, {}, {}
+    baseline_iters = args.baseline_iters or _max_iter("mask_rcnn_heads_tiny.yaml")
+    evals = (  # row name, folder, config, weights, training folder, its mask-loss scalar
+        ("untrained", "untrained", "r2ios_tiny_stage1.yaml", "", None, None),
+        ("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T"),
+        # Stage 2's mask loss counts only the iterations up to the gate: not comparable.
+        ("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2", None, None),
+        (
+            f"Mask R-CNN heads (stock detectron2, {baseline_iters} it)",
+            "mask_rcnn_heads",
+            "mask_rcnn_heads_tiny.yaml",
+            "mask_rcnn_heads",
+            "mask_rcnn_heads",
+            "loss_mask",
+        ),
+    )
+    for name, key, config, trained, train_dir, loss_key in evals:
         t = time.time()
-        key = name.split()[0]
+        weights = out / trained / "model_final.pth" if trained else ""
         eval_dir = out / "eval" / key
         metrics = eval_dir / "inference" / "r2ios_synthetic_val" / "sds_results.json"
         if not metrics.is_file():
-            config = "r2ios_tiny_stage2.yaml" if key == "stage2" else "r2ios_tiny_stage1.yaml"
             _run(
                 [
                     py,
@@ -126,7 +190,13 @@ def main(argv=None) -> int:
                 ],
                 out / "logs" / f"eval_{key}.log",
             )
-        rows[name] = _segm(metrics)
+        results = _results(metrics)
+        rows[name] = results["segm"]
+        boxes[name] = results.get("bbox", {})
+        if train_dir:
+            if loss_key == "T":  # R2-IOS: the mask loss of the last iteration t = T alone
+                loss_key = f"r2ios/loss_mask_t{_num_iterations(config)}"
+            mask_loss[name] = final_train_scalar(out / train_dir / "metrics.json", loss_key)
         timings[f"eval_{key}"] = time.time() - t
 
     # 6. pictures
@@ -153,17 +223,14 @@ def main(argv=None) -> int:
     timings["pictures"] = time.time() - t
     timings["total"] = time.time() - start
 
-    keys = ["APr50", "APr60", "APr70", "APr_vol"]
-    lines = [
-        "| model (synthetic val, 60 images) | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
-    ]
-    for name, segm in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{segm[k]:.1f}" for k in keys) + " |")
-    table = "\n".join(lines)
+    table = results_table(rows, boxes, mask_loss)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(
-        json.dumps({"segm": rows, "seconds": timings}, indent=2, default=str)
+        json.dumps(
+            {"segm": rows, "bbox": boxes, "final_mask_loss": mask_loss, "seconds": timings},
+            indent=2,
+            default=str,
+        )
     )
     print("\n" + table)
     print("\nseconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

@@ -156,6 +156,7 @@ class R2IOSROIHeads(StandardROIHeads):
         test_num_iterations: int = 4,
         gate: bool = False,
         gate_score: str = "all",
+        test_gate: bool = True,
         skip_background: bool = True,
         output_mode: str = "proposal",
         nms_type: str = "box",
@@ -164,6 +165,8 @@ class R2IOSROIHeads(StandardROIHeads):
         mask_threshold: float = 0.5,
         mask_loss_weight: float = 1.0,
         mask_loss_normalizer: str = "fg",
+        conf_loss_weight: float = 0.0,
+        grad_probe_period: int = 0,
         **kwargs,
     ):
         """
@@ -175,6 +178,10 @@ class R2IOSROIHeads(StandardROIHeads):
             test_num_iterations: T at test time.
             gate: use the reversible gate in training (stage 2).
             gate_score: ``"all"`` (max over K+1 classes) or ``"foreground"`` (max over K).
+            test_gate: reverse to the iteration with the best gate score at test time (the
+                paper's R2-IOS); False keeps each proposal's last iteration (the paper's
+                "recursive_k" rows of Table 2, which are "obtained without using the
+                reversible gates").
             skip_background: at test time, drop a proposal from later iterations once it is
                 predicted background (its box stops, so later iterations are exact copies).
             output_mode: ``"proposal"`` (one detection per proposal) or ``"per_class"``.
@@ -185,6 +192,13 @@ class R2IOSROIHeads(StandardROIHeads):
             mask_loss_weight: weight of ``loss_mask``.
             mask_loss_normalizer: ``"fg"`` (sampled foreground RoIs) or ``"rois"`` (all
                 sampled RoIs), per iteration.
+            conf_loss_weight: weight of ``loss_mask_conf``, the same pixel-wise
+                cross-entropy on the pooled confidence maps ``C`` (the AE's input); 0 = off
+                (the paper). Without it the mask loss reaches ``C`` only through the randomly
+                initialised autoencoder, and ``C`` gets no spatially meaningful signal.
+            grad_probe_period: every this many iterations, log the gradient norm that each
+                loss term sends into the scored segmentation map and into ``v``
+                (``r2ios/grad_seg/<loss>``, ``r2ios/grad_v/<loss>``); 0 = off.
             kwargs: the :class:`ROIHeads` arguments (num_classes, sampling, matcher).
         """
         super().__init__(
@@ -212,6 +226,7 @@ class R2IOSROIHeads(StandardROIHeads):
         self.test_num_iterations = test_num_iterations
         self.gate = gate
         self.gate_score = gate_score
+        self.test_gate = test_gate
         self.skip_background = skip_background
         self.output_mode = output_mode
         self.nms_type = nms_type
@@ -220,6 +235,10 @@ class R2IOSROIHeads(StandardROIHeads):
         self.mask_threshold = mask_threshold
         self.mask_loss_weight = mask_loss_weight
         self.mask_loss_normalizer = mask_loss_normalizer
+        if conf_loss_weight < 0 or grad_probe_period < 0:
+            raise ValueError("conf_loss_weight and grad_probe_period must be >= 0")
+        self.conf_loss_weight = conf_loss_weight
+        self.grad_probe_period = grad_probe_period
 
     # ------------------------------------------------------------------------------- build
     @classmethod
@@ -235,6 +254,7 @@ class R2IOSROIHeads(StandardROIHeads):
             test_num_iterations=r.TEST_NUM_ITERATIONS,
             gate=r.GATE,
             gate_score=r.GATE_SCORE,
+            test_gate=r.TEST_GATE,
             skip_background=r.SKIP_BACKGROUND,
             output_mode=r.OUTPUT_MODE,
             nms_type=r.NMS_TYPE,
@@ -243,6 +263,8 @@ class R2IOSROIHeads(StandardROIHeads):
             mask_threshold=r.MASK_THRESHOLD,
             mask_loss_weight=r.MASK_LOSS_WEIGHT,
             mask_loss_normalizer=r.MASK_LOSS_NORMALIZER,
+            conf_loss_weight=r.CONF_LOSS_WEIGHT,
+            grad_probe_period=r.GRAD_PROBE_PERIOD,
         )
         return ret
 
@@ -289,15 +311,23 @@ class R2IOSROIHeads(StandardROIHeads):
         return self.forward_inference(features, proposals), {}
 
     def _predict(
-        self, box_features: List[torch.Tensor], scored: List[torch.Tensor], boxes: List[Boxes]
+        self,
+        box_features: List[torch.Tensor],
+        scored: List[torch.Tensor],
+        boxes: List[Boxes],
+        confidence_maps: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration of both sub-networks on the given boxes.
+
+        Args:
+            confidence_maps: if a list, the pooled confidence maps ``C`` (R, 2, M, M) are
+                appended to it.
 
         Returns:
             class logits (R, K+1), deltas (R, 4K or 4), mask logits v (R, 2, M, M).
         """
         x = self.box_head(self.box_pooler(box_features, boxes))
-        v = self.mask_head(scored, boxes)
+        v = self.mask_head(scored, boxes, confidence_maps)
         logits, deltas = self.box_predictor(x, v)
         return logits, deltas, v
 
@@ -377,26 +407,31 @@ class R2IOSROIHeads(StandardROIHeads):
 
         # Iteration 1 runs every sampled proposal; background ones never move, so their later
         # iterations would repeat it exactly: they are computed once and weighted (DESIGN 2.4).
+        conf: Optional[List[torch.Tensor]] = [] if self.conf_loss_weight > 0 else None
         logits, deltas, v = self._predict(
-            box_features, scored, _split_by_image(boxes, image_idx, num_images)
+            box_features, scored, _split_by_image(boxes, image_idx, num_images), conf
         )
+        v_first = v  # all sampled rows; background rows reach the losses only here
         bg_ce = F.cross_entropy(logits[bg_rows], gt_classes[bg_rows], reduction="sum")
         _put_scalar(
             "r2ios/cls_accuracy_t1",
             (logits.argmax(1) == gt_classes).float().mean().item() if len(logits) else 0.0,
         )
-        iters = []  # per iteration, the foreground rows: (in_boxes, logits, deltas, v)
+        # per iteration, the foreground rows: (in_boxes, logits, deltas, v, C or None)
+        iters = []
         cur = boxes[fg_idx]
-        iters.append((cur, logits[fg_idx], deltas[fg_idx], v[fg_idx]))
+        iters.append(
+            (cur, logits[fg_idx], deltas[fg_idx], v[fg_idx], conf[-1][fg_idx] if conf else None)
+        )
         for _ in range(1, T):
             if len(fg_idx) == 0:
                 break
             with torch.no_grad():  # l_t is detached between iterations
                 cur = self._refine(iters[-1][2], cur, fg_cls, hw[fg_idx])
             logits, deltas, v = self._predict(
-                box_features, scored, _split_by_image(cur, fg_image, num_images)
+                box_features, scored, _split_by_image(cur, fg_image, num_images), conf
             )
-            iters.append((cur, logits, deltas, v))
+            iters.append((cur, logits, deltas, v, conf[-1] if conf else None))
 
         # Reversible gate: t' = argmax_t p_{t,g} (first on ties); iterations after t' drop out.
         num_fg = len(fg_idx)
@@ -414,7 +449,9 @@ class R2IOSROIHeads(StandardROIHeads):
         loss_weight = self.box_predictor.loss_weight
         mask_norm = max(num_fg, 1) if self.mask_loss_normalizer == "fg" else num_rois
         totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
-        for t, (in_boxes, logits_t, deltas_t, v_t) in enumerate(iters):
+        if conf is not None:
+            totals["loss_mask_conf"] = 0.0
+        for t, (in_boxes, logits_t, deltas_t, v_t, c_t) in enumerate(iters):
             counted = t_prime >= t
             ce = F.cross_entropy(logits_t, fg_cls, reduction="none") if num_fg else logits_t[:, 0]
             loss_cls = (ce * counted).sum()
@@ -430,16 +467,17 @@ class R2IOSROIHeads(StandardROIHeads):
                 for m, b in zip(fg_masks, in_boxes.split(fg_per_image))
                 if m is not None
             ]
-            if num_fg:
-                per_roi = self.mask_head.per_roi_loss(v_t, cat(targets).to(v_t.device))
-                loss_mask = (per_roi * counted).sum() / mask_norm
-            else:  # keep the graph connected so every parameter gets a (zero) gradient
-                loss_mask = v_t.sum() * 0.0
+            mask_targets = cat(targets).to(v_t.device) if num_fg else None
             step = {
                 "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
                 "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
-                "loss_mask": loss_mask * self.mask_loss_weight,
+                "loss_mask": self._mask_loss(v_t, mask_targets, counted, mask_norm)
+                * self.mask_loss_weight,
             }
+            if c_t is not None:
+                step["loss_mask_conf"] = (
+                    self._mask_loss(c_t, mask_targets, counted, mask_norm) * self.conf_loss_weight
+                )
             for k, value in step.items():
                 totals[k] = totals[k] + value
                 _put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
@@ -449,7 +487,53 @@ class R2IOSROIHeads(StandardROIHeads):
                 / num_rois,
             )
         _put_scalar("r2ios/frac_moving", num_fg / num_rois)
+        self._probe_gradients(totals, scored, [v_first] + [it[3] for it in iters[1:]])
         return totals
+
+    def _mask_loss(
+        self,
+        logits: torch.Tensor,
+        targets: Optional[torch.Tensor],
+        counted: torch.Tensor,
+        norm: float,
+    ) -> torch.Tensor:
+        """Pixel-wise cross-entropy of (F, 2, M, M) mask logits against (F, M, M) targets,
+        summed over the ``counted`` rows and divided by ``norm``."""
+        if targets is None:  # keep the graph connected so every parameter gets a (zero) grad
+            return logits.sum() * 0.0
+        return (self.mask_head.per_roi_loss(logits, targets) * counted).sum() / norm
+
+    def _probe_gradients(
+        self,
+        losses: Dict[str, torch.Tensor],
+        scored: List[torch.Tensor],
+        mask_logits: List[torch.Tensor],
+    ) -> None:
+        """Log the norm of the gradient that each loss term sends into the segmentation branch
+        (the scored stride-8 map, i.e. what the seg branch and the scoring conv receive) and
+        into ``v`` (all iterations), every ``grad_probe_period`` iterations.
+
+        This is the measurement that shows whether the mask head learns from the mask loss or
+        is driven by the classification loss through the seg-aware feature.
+        """
+        if self.grad_probe_period <= 0 or not torch.is_grad_enabled():
+            return
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        if (storage.iter + 1) % self.grad_probe_period != 0:  # the rows metrics.json writes
+            return
+        targets = {"seg": [x for x in scored if x.requires_grad], "v": mask_logits}
+        for name, loss in losses.items():
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                continue
+            for where, tensors in targets.items():
+                if not tensors:
+                    continue
+                grads = torch.autograd.grad(loss, tensors, retain_graph=True, allow_unused=True)
+                sq = sum(float(g.pow(2).sum()) for g in grads if g is not None)
+                storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))
 
     # --------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -513,7 +597,10 @@ class R2IOSROIHeads(StandardROIHeads):
             )
             mask_probs = self.mask_head.foreground_probs(v)
             # Strictly better only: a tie keeps the earliest iteration.
-            better = gate > best["gate"][active]
+            if self.test_gate:
+                better = gate > best["gate"][active]
+            else:  # the last iteration a proposal reaches is its output
+                better = torch.ones_like(gate, dtype=torch.bool)
             rows = active[better]
             best["gate"][rows] = gate[better]
             best["t"][rows] = t
