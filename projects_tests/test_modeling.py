@@ -433,12 +433,14 @@ def test_skip_background_gives_identical_outputs(synthetic_inputs):
             assert torch.equal(v, w), k
 
 
-@pytest.mark.parametrize("gate_score", ["all", "foreground"])
+@pytest.mark.parametrize("gate_score", ["all", "foreground", "off"])
 def test_gate_picks_documented_iteration(gate_score):
+    """ "off" = TEST_GATE False: every proposal's last iteration is its output."""
     cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.TEST_GATE = gate_score != "off"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0  # keep every output
-    cfg.MODEL.R2IOS.GATE_SCORE = gate_score
+    cfg.MODEL.R2IOS.GATE_SCORE = "all" if gate_score == "off" else gate_score
     cfg.MODEL.R2IOS.SKIP_BACKGROUND = False
     cfg.MODEL.R2IOS.REFRAME_MASK = False
     cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
@@ -466,7 +468,7 @@ def test_gate_picks_documented_iteration(gate_score):
     p.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30]]).repeat(4, 1))
     feats = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
     inst = heads.forward_inference(feats, [p])[0]
-    expect_t = {"all": [1, 0, 1, 3], "foreground": [1, 0, 2, 3]}[gate_score]
+    expect_t = {"all": [1, 0, 1, 3], "foreground": [1, 0, 2, 3], "off": [3, 3, 3, 3]}[gate_score]
     # Background-predicted proposals keep their box: proposal 2 moves at t = 1 and t = 3 only.
     moves = [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]]
     expected = []
@@ -478,6 +480,11 @@ def test_gate_picks_documented_iteration(gate_score):
         expected.append((float(probs[i, t].max()), cls, t, 10 + dx))
     expected.sort(reverse=True)
     assert len(inst) == len(expected)
+    # Equal scores may come out in either order: compare in (score, class) order.
+    order = sorted(
+        range(len(inst)), key=lambda k: (-round(inst.scores[k].item(), 5), -inst.pred_classes[k])
+    )
+    inst = inst[torch.tensor(order, dtype=torch.long)]
     for k, (score, cls, t, x0) in enumerate(expected):
         assert inst.scores[k].item() == pytest.approx(score, abs=1e-5)
         assert inst.pred_classes[k].item() == cls and inst.gate_iteration[k].item() == t

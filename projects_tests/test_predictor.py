@@ -36,6 +36,7 @@ def _tiny_cfg(weights: str = ""):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # a random model still outputs something
     cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 40
     cfg.TEST.DETECTIONS_PER_IMAGE = 10
+    cfg.MODEL.R2IOS.TEST_GATE = True  # the gate's reversal, as the stage-2 config
     cfg.MODEL.WEIGHTS = weights
     return cfg
 

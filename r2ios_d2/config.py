@@ -67,9 +67,10 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.MASK_LOSS_WEIGHT = 1.0
     # Init std of the mask scoring conv and the AE/fc layers (paper: 0.001).
     _C.MODEL.R2IOS.MASK_INIT_STD = 0.001
-    # --- Training aids the paper does not describe (see the README, "Why the masks did not
-    # learn"). The paper's literal recipe is SEG_AWARE_INPUT "logits", SEG_AWARE_GRAD_SCALE
-    # 1.0, CONF_LOSS_WEIGHT 0.0 (configs/ablations/paper_literal.yaml).
+    # --- Training aids the paper does not describe (README, "Why the masks did not learn").
+    # --- The paper's text: SEG_AWARE_INPUT "logits", SEG_AWARE_SCALE 1, SEG_AWARE_GRAD_SCALE 1,
+    # --- CONF_LOSS_WEIGHT 0 (configs/ablations/paper_literal*.yaml).
+
     # What of v enters the seg-aware feature: "logits" (raw v, unbounded, as the paper's text)
     # or "probs" (per-pixel softmax of v over its 2 channels minus 0.5, in [-0.5, 0.5]; same
     # 3200 dims).
@@ -86,7 +87,7 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.CONF_LOSS_WEIGHT = 1.0
     # Every this many training iterations, log the gradient norm that each loss term sends into
     # the segmentation branch (the scored stride-8 map) and into v (0 = off).
-    _C.MODEL.R2IOS.GRAD_PROBE_PERIOD = 20
+    _C.MODEL.R2IOS.GRAD_PROBE_PERIOD = 50
     # Init std of the class scores (paper: 0.01) and of the box deltas (paper: 0.001).
     _C.MODEL.R2IOS.CLS_INIT_STD = 0.01
     _C.MODEL.R2IOS.BOX_INIT_STD = 0.001

@@ -21,7 +21,13 @@ from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from .atomic import atomic_open  # noqa: E402
 
-__all__ = ["draw_detections", "draw_trace", "save_figure_atomic"]
+__all__ = [
+    "draw_detections",
+    "draw_trace",
+    "draw_training_curves",
+    "read_metrics",
+    "save_figure_atomic",
+]
 
 
 def draw_detections(
@@ -149,3 +155,50 @@ def save_figure_atomic(fig, path: str, dpi: int = 110) -> None:
         else:
             fig.savefig(f, dpi=dpi, format="png")
             plt.close(fig)
+
+
+def read_metrics(path: str, key: str) -> tuple:
+    """One scalar's logged values from a detectron2 ``metrics.json``.
+
+    Args:
+        path: the ``metrics.json`` of a training run (one JSON object per line).
+        key: scalar name, e.g. ``"loss_mask"`` or ``"r2ios/loss_mask_t4"``.
+
+    Returns:
+        (iterations, values): two lists of the rows where ``key`` was logged.
+    """
+    import json
+
+    its, values = [], []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if key in row and "iteration" in row:
+                its.append(int(row["iteration"]))
+                values.append(float(row[key]))
+    return its, values
+
+
+def draw_training_curves(curves: list, title: str = "", ylabel: str = "loss"):
+    """A figure of training scalars over iterations.
+
+    Args:
+        curves: ``(label, metrics_json_path, key)`` triples, one line each.
+        title, ylabel: figure title and y-axis label.
+
+    Returns:
+        the matplotlib figure (save it with :func:`save_figure_atomic`).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, path, key in curves:
+        its, values = read_metrics(path, key)
+        if its:
+            ax.plot(its, values, label=label)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

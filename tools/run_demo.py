@@ -34,20 +34,33 @@ CONFIGS = REPO / "configs" / "synthetic"
 logger = logging.getLogger("r2ios_d2.demo")
 
 
+class _Step:
+    """A step running as a subprocess, its output in ``log_file``."""
+
+    def __init__(self, cmd: list, log_file: Path) -> None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("$ %s  (log: %s)", " ".join(str(c) for c in cmd), log_file)
+        # One intra-op thread per process: on 2 cores, with a data-loader worker beside it,
+        # more threads oversubscribe the CPU and make a tiny model's step several times slower.
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self.log_file = log_file
+        with open(log_file, "w") as f:
+            self.proc = subprocess.Popen(
+                [str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env
+            )
+
+    def wait(self) -> None:
+        """Wait for the step; fail loudly with the tail of its log."""
+        if self.proc.wait() != 0:
+            tail = self.log_file.read_text().splitlines()[-30:]
+            raise SystemExit(
+                f"step failed ({self.proc.returncode}): see {self.log_file}\n" + "\n".join(tail)
+            )
+
+
 def _run(cmd: list, log_file: Path) -> None:
-    """Run a step as a subprocess, its output to ``log_file``; fail loudly with the log tail."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("$ %s  (log: %s)", " ".join(str(c) for c in cmd), log_file)
-    # One intra-op thread per process: on 2 cores, with a data-loader worker beside it, more
-    # threads oversubscribe the CPU and make a tiny model's step several times slower.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log_file, "w") as f:
-        proc = subprocess.run(
-            [str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env
-        )
-    if proc.returncode != 0:
-        tail = log_file.read_text().splitlines()[-30:]
-        raise SystemExit(f"step failed ({proc.returncode}): see {log_file}\n" + "\n".join(tail))
+    """Run a step as a subprocess and wait for it."""
+    _Step(cmd, log_file).wait()
 
 
 def _results(metrics_file: Path) -> dict:
@@ -81,8 +94,37 @@ def _max_iter(config: str) -> int:
     return _solver_and_model(config).SOLVER.MAX_ITER
 
 
+def schedule_opts(config: str, max_iter: int) -> list:
+    """``SOLVER.MAX_ITER`` / ``SOLVER.STEPS`` overrides that run ``config``'s schedule in
+    ``max_iter`` iterations (the steps scaled alike); none if it already has that length."""
+    solver = _solver_and_model(config).SOLVER
+    if max_iter == solver.MAX_ITER:
+        return []
+    f = max_iter / solver.MAX_ITER
+    steps = tuple(s for s in (max(1, round(s * f)) for s in solver.STEPS) if s < max_iter)
+    return ["SOLVER.MAX_ITER", max_iter, "SOLVER.STEPS", str(steps)]
+
+
 def _num_iterations(config: str) -> int:
     return _solver_and_model(config).MODEL.R2IOS.NUM_ITERATIONS
+
+
+def _plot_mask_losses(out: Path, num_iterations: int) -> None:
+    """``pictures/mask_loss.png``: the training mask losses of stage 1 and the baseline."""
+    from r2ios_d2.visualization import draw_training_curves, save_figure_atomic
+
+    stage1, baseline = out / "stage1" / "metrics.json", out / "mask_rcnn_heads" / "metrics.json"
+    curves = [
+        (f"R2-IOS stage 1: v, t = {num_iterations}", stage1, f"r2ios/loss_mask_t{num_iterations}"),
+        ("R2-IOS stage 1: v, t = 1", stage1, "r2ios/loss_mask_t1"),
+        ("R2-IOS stage 1: C (auxiliary loss), t = 1", stage1, "r2ios/loss_mask_conf_t1"),
+        ("Mask R-CNN heads (stock)", baseline, "loss_mask"),
+    ]
+    fig = draw_training_curves(
+        [(label, str(path), key) for label, path, key in curves if path.is_file()],
+        title="training mask loss (per-pixel cross-entropy; ln 2 = 0.693 is undecided)",
+    )
+    save_figure_atomic(fig, str(out / "pictures" / "mask_loss.png"))
 
 
 def results_table(rows: dict, boxes: dict, mask_loss: dict) -> str:
@@ -129,33 +171,42 @@ def main(argv=None) -> int:
     prepare_synthetic_benchmark(args.num_train, args.num_val, seed=0, workers=args.workers)
     timings["data_and_proposals"] = time.time() - t
 
-    # 3-4. training (each stage is done once its model_final.pth exists; --resume continues it)
-    stages = [
-        ("stage1", "r2ios_tiny_stage1.yaml", args.stage1_iters, []),
+    # 3-5. training (each run is done once its model_final.pth exists; --resume continues it).
+    # The baseline trains beside the two R2-IOS stages (one core each on a 2-core machine).
+    iters1 = args.stage1_iters or _max_iter("r2ios_tiny_stage1.yaml")
+    iters2 = args.stage2_iters or _max_iter("r2ios_tiny_stage2.yaml")
+    baseline_iters = args.baseline_iters or iters1 + iters2  # as many as both stages
+    runs = [
+        ("mask_rcnn_heads", "mask_rcnn_heads_tiny.yaml", baseline_iters, []),
+        ("stage1", "r2ios_tiny_stage1.yaml", iters1, []),
         (
             "stage2",
             "r2ios_tiny_stage2.yaml",
-            args.stage2_iters,
+            iters2,
             ["MODEL.WEIGHTS", out / "stage1" / "model_final.pth"],
         ),
-        ("mask_rcnn_heads", "mask_rcnn_heads_tiny.yaml", args.baseline_iters, []),
     ]
-    for name, config, iters, extra in stages:
+    background = None
+    for name, config, iters, extra in runs:
         t = time.time()
-        final = out / name / "model_final.pth"
-        if not final.is_file():
-            opts = ["OUTPUT_DIR", out / name, *extra]
-            if iters:
-                opts += ["SOLVER.MAX_ITER", iters]
-            _run(
+        if not (out / name / "model_final.pth").is_file():
+            opts = ["OUTPUT_DIR", out / name, *extra, *schedule_opts(config, iters)]
+            step = _Step(
                 [py, "tools/train_net.py", "--config-file", CONFIGS / config, "--resume", *opts],
                 out / "logs" / f"train_{name}.log",
             )
+            if name == "mask_rcnn_heads":
+                background = (step, t)
+                continue
+            step.wait()
         timings[f"train_{name}"] = time.time() - t
+    if background is not None:
+        background[0].wait()
+        timings["train_mask_rcnn_heads"] = time.time() - background[1]
 
-    # 5. evaluation: untrained (random init) vs the two stages, same val set and proposals
+    # 6. evaluation: untrained (random init), the two stages and the baseline, same val set
+    # and proposals
     rows, boxes, mask_loss = {}, {}, {}
-    baseline_iters = args.baseline_iters or _max_iter("mask_rcnn_heads_tiny.yaml")
     evals = (  # row name, folder, config, weights, training folder, its mask-loss scalar
         ("untrained", "untrained", "r2ios_tiny_stage1.yaml", "", None, None),
         ("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T"),
@@ -199,7 +250,7 @@ def main(argv=None) -> int:
             mask_loss[name] = final_train_scalar(out / train_dir / "metrics.json", loss_key)
         timings[f"eval_{key}"] = time.time() - t
 
-    # 6. pictures
+    # 7. pictures
     t = time.time()
     pictures = out / "pictures"
     if not list(pictures.glob("*_trace.png")):
@@ -220,6 +271,7 @@ def main(argv=None) -> int:
             ],
             out / "logs" / "visualize.log",
         )
+    _plot_mask_losses(out, _num_iterations("r2ios_tiny_stage1.yaml"))
     timings["pictures"] = time.time() - t
     timings["total"] = time.time() - start
 

@@ -524,16 +524,16 @@ class R2IOSROIHeads(StandardROIHeads):
             return
         if (storage.iter + 1) % self.grad_probe_period != 0:  # the rows metrics.json writes
             return
-        targets = {"seg": [x for x in scored if x.requires_grad], "v": mask_logits}
+        seg = [x for x in scored if x.requires_grad]
+        inputs = seg + list(mask_logits)
         for name, loss in losses.items():
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 continue
-            for where, tensors in targets.items():
-                if not tensors:
-                    continue
-                grads = torch.autograd.grad(loss, tensors, retain_graph=True, allow_unused=True)
-                sq = sum(float(g.pow(2).sum()) for g in grads if g is not None)
-                storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))
+            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+            for where, part in (("seg", grads[: len(seg)]), ("v", grads[len(seg) :])):
+                if part:
+                    sq = sum(float(g.pow(2).sum()) for g in part if g is not None)
+                    storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))
 
     # --------------------------------------------------------------------------- inference
     @torch.no_grad()
