@@ -403,6 +403,28 @@ def test_raw_masks_are_probabilities_in_output_box_frame(synthetic_inputs):
         torch.testing.assert_close(inst.pred_masks[:, 0], reframed)
 
 
+def test_mask_from_output_box_predicts_inside_the_output_box(synthetic_inputs):
+    model = _inference_model(synthetic_inputs, TEST_MASK_FROM_OUTPUT_BOX=True)
+    images = model.preprocess_image(synthetic_inputs)
+    heads = model.roi_heads
+    with torch.no_grad():
+        feats = model.backbone(images.tensor)
+        results = heads(images, feats, [x["proposals"] for x in synthetic_inputs])[0]
+        inst = results[0]
+        assert len(inst) > 0
+        expected = heads.mask_head.foreground_probs(
+            heads.mask_head(heads.mask_head.score_maps(feats), [r.pred_boxes for r in results])
+        )
+    torch.testing.assert_close(inst.pred_masks[:, 0], expected[: len(inst)])
+    # The boxes, scores and classes are those of the paper's output.
+    heads.mask_from_output_box = False
+    with torch.no_grad():
+        paper = heads(images, feats, [x["proposals"] for x in synthetic_inputs])[0][0]
+    assert torch.equal(paper.pred_boxes.tensor, inst.pred_boxes.tensor)
+    assert torch.equal(paper.scores, inst.scores)
+    assert not torch.allclose(paper.pred_masks, inst.pred_masks)
+
+
 def test_skip_background_gives_identical_outputs(synthetic_inputs):
     model = _inference_model(synthetic_inputs)
     heads = model.roi_heads
@@ -491,6 +513,24 @@ def test_gate_picks_documented_iteration(gate_score):
         assert inst.pred_boxes.tensor[k, 0].item() == pytest.approx(x0, abs=1e-4)
         mask_value = torch.sigmoid(torch.tensor(t + 1.0))
         torch.testing.assert_close(inst.pred_masks[k], torch.full((1, 8, 8), mask_value.item()))
+
+
+def test_per_class_output_when_no_later_iteration_wins_the_gate():
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.OUTPUT_MODE = "per_class"
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads.eval()
+    probs = torch.tensor([[[0.9, 0.05, 0.05], [0.6, 0.2, 0.2]]] * 2)  # t = 1 is best for both
+
+    def script(t, n):
+        return torch.log(probs[:n, t % 2]), torch.zeros(n, 8), torch.zeros(n, 2, 8, 8)
+
+    _scripted_predict(heads, script, [])
+    p = Instances((64, 64))
+    p.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30], [30.0, 30, 60, 60]]))
+    feats = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    inst = heads.forward_inference(feats, [p])[0]
+    assert len(inst) == 2 and torch.allclose(inst.scores, torch.tensor([0.9, 0.9]))
 
 
 def test_mask_nms_suppresses_duplicates(synthetic_inputs):

@@ -100,6 +100,11 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.NMS_TYPE = "box"
     # Resample v_{t'} from the frame of l_{t'-1} into the frame of l_{t'} (DESIGN 2.5).
     _C.MODEL.R2IOS.REFRAME_MASK = True
+    # Test time: predict each output's mask once more inside its output box l_{t'} (one extra
+    # mask-head pass over the final detections) instead of re-framing v_{t'}, which was
+    # predicted inside l_{t'-1} and is empty wherever the refinement grew the box. False = the
+    # paper's output v_{t'}.
+    _C.MODEL.R2IOS.TEST_MASK_FROM_OUTPUT_BOX = False
     # Inference also returns the per-iteration trace (boxes, scores, classes, masks, t') as
     # extra Instances fields, for visualisation and inspection.
     _C.MODEL.R2IOS.TEST_RECORD_TRACE = False

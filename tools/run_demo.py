@@ -207,11 +207,21 @@ def main(argv=None) -> int:
     # 6. evaluation: untrained (random init), the two stages and the baseline, same val set
     # and proposals
     rows, boxes, mask_loss = {}, {}, {}
-    evals = (  # row name, folder, config, weights, training folder, its mask-loss scalar
-        ("untrained", "untrained", "r2ios_tiny_stage1.yaml", "", None, None),
-        ("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T"),
+    # row name, folder, config, weights, training folder, its mask-loss scalar, extra opts
+    evals = (
+        ("untrained", "untrained", "r2ios_tiny_stage1.yaml", "", None, None, []),
+        ("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T", []),
         # Stage 2's mask loss counts only the iterations up to the gate: not comparable.
-        ("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2", None, None),
+        ("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2", None, None, []),
+        (
+            "stage2, per-class output",
+            "stage2_per_class",
+            "r2ios_tiny_stage2.yaml",
+            "stage2",
+            None,
+            None,
+            ["MODEL.R2IOS.OUTPUT_MODE", "per_class"],
+        ),
         (
             f"Mask R-CNN heads (stock detectron2, {baseline_iters} it)",
             "mask_rcnn_heads",
@@ -219,36 +229,33 @@ def main(argv=None) -> int:
             "mask_rcnn_heads",
             "mask_rcnn_heads",
             "loss_mask",
+            [],
         ),
     )
-    for name, key, config, trained, train_dir, loss_key in evals:
-        t = time.time()
-        weights = out / trained / "model_final.pth" if trained else ""
+    t = time.time()
+    pending = []  # two evaluations at a time, one core each
+    for _, key, config, trained, _, _, extra in evals:
         eval_dir = out / "eval" / key
-        metrics = eval_dir / "inference" / "r2ios_synthetic_val" / "sds_results.json"
-        if not metrics.is_file():
-            _run(
-                [
-                    py,
-                    "tools/train_net.py",
-                    "--config-file",
-                    CONFIGS / config,
-                    "--eval-only",
-                    "MODEL.WEIGHTS",
-                    weights,
-                    "OUTPUT_DIR",
-                    eval_dir,
-                ],
-                out / "logs" / f"eval_{key}.log",
-            )
-        results = _results(metrics)
+        if not (eval_dir / "inference" / "r2ios_synthetic_val" / "sds_results.json").is_file():
+            weights = out / trained / "model_final.pth" if trained else ""
+            cmd = [py, "tools/train_net.py", "--config-file", CONFIGS / config, "--eval-only"]
+            cmd += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir, *extra]
+            pending.append((cmd, out / "logs" / f"eval_{key}.log"))
+    for i in range(0, len(pending), 2):
+        steps = [_Step(cmd, log) for cmd, log in pending[i : i + 2]]
+        for step in steps:
+            step.wait()
+    timings["evaluation"] = time.time() - t
+    for name, key, config, _, train_dir, loss_key, _ in evals:
+        results = _results(
+            out / "eval" / key / "inference" / "r2ios_synthetic_val" / "sds_results.json"
+        )
         rows[name] = results["segm"]
         boxes[name] = results.get("bbox", {})
         if train_dir:
             if loss_key == "T":  # R2-IOS: the mask loss of the last iteration t = T alone
                 loss_key = f"r2ios/loss_mask_t{_num_iterations(config)}"
             mask_loss[name] = final_train_scalar(out / train_dir / "metrics.json", loss_key)
-        timings[f"eval_{key}"] = time.time() - t
 
     # 7. pictures
     t = time.time()

@@ -157,6 +157,7 @@ class R2IOSROIHeads(StandardROIHeads):
         gate: bool = False,
         gate_score: str = "all",
         test_gate: bool = True,
+        mask_from_output_box: bool = False,
         skip_background: bool = True,
         output_mode: str = "proposal",
         nms_type: str = "box",
@@ -182,6 +183,10 @@ class R2IOSROIHeads(StandardROIHeads):
                 paper's R2-IOS); False keeps each proposal's last iteration (the paper's
                 "recursive_k" rows of Table 2, which are "obtained without using the
                 reversible gates").
+            mask_from_output_box: at test time, predict each output's mask once more inside
+                its output box ``l_{t'}`` (one mask-head pass over the final detections)
+                instead of re-framing ``v_{t'}``, which was predicted inside ``l_{t'-1}``
+                and is empty wherever the refinement grew the box.
             skip_background: at test time, drop a proposal from later iterations once it is
                 predicted background (its box stops, so later iterations are exact copies).
             output_mode: ``"proposal"`` (one detection per proposal) or ``"per_class"``.
@@ -227,6 +232,7 @@ class R2IOSROIHeads(StandardROIHeads):
         self.gate = gate
         self.gate_score = gate_score
         self.test_gate = test_gate
+        self.mask_from_output_box = mask_from_output_box
         self.skip_background = skip_background
         self.output_mode = output_mode
         self.nms_type = nms_type
@@ -255,6 +261,7 @@ class R2IOSROIHeads(StandardROIHeads):
             gate=r.GATE,
             gate_score=r.GATE_SCORE,
             test_gate=r.TEST_GATE,
+            mask_from_output_box=r.TEST_MASK_FROM_OUTPUT_BOX,
             skip_background=r.SKIP_BACKGROUND,
             output_mode=r.OUTPUT_MODE,
             nms_type=r.NMS_TYPE,
@@ -612,15 +619,13 @@ class R2IOSROIHeads(StandardROIHeads):
             if per_class:
                 best["probs"][rows] = probs[better]
                 sel = better.nonzero().squeeze(1)
+                n_reg = deltas.shape[1] // 4  # K (class-specific) or 1; explicit: sel may be empty
                 class_boxes = self.box_predictor.box2box_transform.apply_deltas(
                     deltas[sel], in_boxes[sel]
-                ).view(len(sel), -1, 4)
+                ).view(len(sel), n_reg, 4)
                 best["class_boxes"][rows] = (
-                    _clip(
-                        class_boxes.reshape(-1, 4),
-                        hw[rows].repeat_interleave(class_boxes.shape[1], 0),
-                    )
-                    .view(len(sel), -1, 4)
+                    _clip(class_boxes.reshape(-1, 4), hw[rows].repeat_interleave(n_reg, 0))
+                    .view(len(sel), n_reg, 4)
                     .expand(-1, K, -1)
                 )
             if self.record_trace:
@@ -654,6 +659,8 @@ class R2IOSROIHeads(StandardROIHeads):
                 inst.trace_proposals = boxes[src]
                 inst.gate_iteration = best["t"][src]
             results.append(self._postprocess(inst))
+        if self.mask_from_output_box:
+            self.forward_with_given_boxes(features, results)
         return results
 
     def _proposal_candidates(self, best: dict, rows: torch.Tensor, image_size: Tuple[int, int]):
