@@ -9,13 +9,14 @@ SGD step) for T = 1 vs T = 4, gate off/on. Random weights: the background logit 
 models is shifted so that a chosen fraction of the proposals (default 90 %) is predicted
 background at the first iteration, as a trained detector on selective-search proposals does.
 
-``--ablation``: the variants of the paper's Table 2, trained with ``tools/train_net.py`` on the
-synthetic dataset (``configs/synthetic``) for several seeds and evaluated with AP^r.
+``--ablation``: the variants of the paper's Table 2, the paper-literal training and detectron2's
+stock Mask R-CNN heads as a baseline, trained with ``tools/train_net.py`` on the synthetic
+dataset (``configs/synthetic``) for several seeds and evaluated with AP^r.
 
     python tools/benchmark.py --speed                       # CPU, tiny and full VGG-16 widths
     python tools/benchmark.py --speed --device cuda --widths 1.0
-    python tools/benchmark.py --ablation --quick            # 1 seed, 4 variants, short schedule
-    python tools/benchmark.py --ablation                    # all 9 variants, 2 seeds (~50 min)
+    python tools/benchmark.py --ablation --quick            # 1 seed, 5 rows, short schedule
+    python tools/benchmark.py --ablation --jobs 3           # all 11 rows, 3 seeds (~1 h)
     python tools/benchmark.py --speed --ablation --quick    # `make bench`
 
 Results (JSON + Markdown) go to ``benchmarks/results/``; checkpoints and per-run logs to
