@@ -46,7 +46,7 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
         mask_dim: int = 3200,
         seg_input: str = "probs",
         seg_grad_scale: float = 0.0,
-        seg_scale: float = 1.0,
+        seg_scale: float = 0.05,
         cls_init_std: float = 0.01,
         box_init_std: float = 0.001,
         **kwargs,

@@ -166,7 +166,7 @@ class R2IOSROIHeads(StandardROIHeads):
         mask_threshold: float = 0.5,
         mask_loss_weight: float = 1.0,
         mask_loss_normalizer: str = "fg",
-        conf_loss_weight: float = 0.0,
+        conf_loss_weight: float = 1.0,
         grad_probe_period: int = 0,
         **kwargs,
     ):
