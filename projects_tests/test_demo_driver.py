@@ -23,7 +23,7 @@ def test_schedule_opts_scale_steps_with_the_iterations(demo):
     )
     opts = demo.schedule_opts("r2ios_tiny_stage1.yaml", 40)
     values = dict(zip(opts[::2], opts[1::2]))
-    assert values["SOLVER.MAX_ITER"] == 40
+    assert values["SOLVER.MAX_ITER"] == "40"
     steps = eval(values["SOLVER.STEPS"])  # noqa: S307 (our own tuple)
     assert all(0 < s < 40 for s in steps)
 

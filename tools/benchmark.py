@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 import r2ios_d2  # noqa: F401  (registers the model parts and datasets)
 from r2ios_d2 import add_r2ios_config
+from r2ios_d2.engine import scaled_schedule_opts
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "Base-R2IOS-VGG16.yaml"
@@ -741,11 +742,7 @@ def schedule_opts(path: Path, scale: float, max_iter: Optional[int]) -> Tuple[Li
     ``max_iter``), with STEPS and WARMUP_ITERS scaled alike. Returns (opts, MAX_ITER)."""
     solver = _yaml_solver(path)
     n = max_iter or max(1, round(solver.MAX_ITER * scale))
-    f = n / solver.MAX_ITER
-    steps = tuple(s for s in (max(1, round(s * f)) for s in solver.STEPS) if s < n)
-    warmup = min(round(solver.WARMUP_ITERS * f), n // 2)
-    opts = ["SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", str(steps), "SOLVER.WARMUP_ITERS"]
-    opts += [str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(max(n, 1) * 10)]
+    opts = scaled_schedule_opts(solver, n) + ["SOLVER.CHECKPOINT_PERIOD", str(max(n, 1) * 10)]
     return opts, n
 
 

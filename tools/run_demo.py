@@ -70,13 +70,12 @@ def _results(metrics_file: Path) -> dict:
 def final_train_scalar(metrics_json: Path, key: str) -> Optional[float]:
     """The last logged value of ``key`` in a detectron2 ``metrics.json`` (the median of its
     last logging window), or None if it was never logged."""
-    value = None
-    if metrics_json.is_file():
-        for line in metrics_json.read_text().splitlines():
-            row = json.loads(line)
-            if key in row:
-                value = float(row[key])
-    return value
+    from r2ios_d2.visualization import read_metrics
+
+    if not metrics_json.is_file():
+        return None
+    values = read_metrics(str(metrics_json), key)[1]
+    return values[-1] if values else None
 
 
 def _solver_and_model(config: str):
@@ -95,14 +94,12 @@ def _max_iter(config: str) -> int:
 
 
 def schedule_opts(config: str, max_iter: int) -> list:
-    """``SOLVER.MAX_ITER`` / ``SOLVER.STEPS`` overrides that run ``config``'s schedule in
-    ``max_iter`` iterations (the steps scaled alike); none if it already has that length."""
+    """``SOLVER`` overrides that run ``config``'s schedule in ``max_iter`` iterations (steps
+    and warm-up scaled alike); none if it already has that length."""
+    from r2ios_d2.engine import scaled_schedule_opts
+
     solver = _solver_and_model(config).SOLVER
-    if max_iter == solver.MAX_ITER:
-        return []
-    f = max_iter / solver.MAX_ITER
-    steps = tuple(s for s in (max(1, round(s * f)) for s in solver.STEPS) if s < max_iter)
-    return ["SOLVER.MAX_ITER", max_iter, "SOLVER.STEPS", str(steps)]
+    return [] if max_iter == solver.MAX_ITER else scaled_schedule_opts(solver, max_iter)
 
 
 def _num_iterations(config: str) -> int:

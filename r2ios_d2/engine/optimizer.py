@@ -71,3 +71,24 @@ def build_r2ios_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.O
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
+
+
+def scaled_schedule_opts(solver: CfgNode, max_iter: int) -> List[str]:
+    """``SOLVER`` overrides that run ``solver``'s schedule in ``max_iter`` iterations:
+    ``STEPS`` and ``WARMUP_ITERS`` scaled alike (warm-up at most half the run).
+
+    Args:
+        solver: a merged config's ``SOLVER`` node.
+        max_iter: the new ``SOLVER.MAX_ITER``.
+
+    Returns:
+        ``["SOLVER.MAX_ITER", n, "SOLVER.STEPS", "(...)", "SOLVER.WARMUP_ITERS", w]`` as
+        strings, for ``merge_from_list`` or a command line.
+    """
+    f = max_iter / solver.MAX_ITER
+    steps = tuple(s for s in (max(1, round(s * f)) for s in solver.STEPS) if s < max_iter)
+    warmup = min(round(solver.WARMUP_ITERS * f), max_iter // 2)
+    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps)] + [
+        "SOLVER.WARMUP_ITERS",
+        str(warmup),
+    ]
