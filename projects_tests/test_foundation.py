@@ -44,7 +44,7 @@ def test_config_keys_and_defaults():
     assert (r.NUM_ITERATIONS, r.TEST_NUM_ITERATIONS) == (4, 4)
     assert r.GATE is False and r.GATE_SCORE == "all"
     assert r.SEG_AWARE is True and r.SKIP_BACKGROUND is True
-    assert r.MASK_VARIANT == "ae" and r.MASK_SIZE == 40 and r.AE_HIDDEN_DIM == 512
+    assert r.MASK_SIZE == 40 and r.AE_HIDDEN_DIM == 512
     assert cfg.MODEL.VGG.WIDTH == 1.0
     add_r2ios_config(cfg)  # idempotent
     assert cfg.MODEL.R2IOS.NUM_ITERATIONS == 4

@@ -12,7 +12,13 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
-from r2ios_d2.modeling import InstanceAwareAEMaskHead, R2IOSROIHeads, reframe_masks
+from r2ios_d2.modeling import (
+    InstanceAwareAEMaskHead,
+    R2IOSConvMaskHead,
+    R2IOSFCMaskHead,
+    R2IOSROIHeads,
+    reframe_masks,
+)
 
 VGG_CONVS = [
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
@@ -88,7 +94,7 @@ def test_backbone_freeze_at(freeze_at):
 def test_pool_after_score_equals_pool_then_score():
     torch.manual_seed(0)
     shape = {"seg": ShapeSpec(channels=8, stride=8)}
-    head = InstanceAwareAEMaskHead(shape, in_features=["seg"], mask_size=12, variant="conv")
+    head = R2IOSConvMaskHead(shape, in_features=["seg"], mask_size=12)
     torch.nn.init.normal_(head.score.weight, std=1.0)
     torch.nn.init.normal_(head.score.bias, std=1.0)
     feats = torch.randn(1, 8, 16, 16)  # a 128 x 128 image
@@ -99,10 +105,13 @@ def test_pool_after_score_equals_pool_then_score():
     torch.testing.assert_close(scored_first, pooled_first, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["ae", "conv", "fc"])
+MASK_HEADS = {"ae": InstanceAwareAEMaskHead, "conv": R2IOSConvMaskHead, "fc": R2IOSFCMaskHead}
+
+
+@pytest.mark.parametrize("variant", sorted(MASK_HEADS))
 def test_mask_head_variants_shapes(variant):
     shape = {"seg": ShapeSpec(channels=8, stride=8)}
-    head = InstanceAwareAEMaskHead(shape, in_features=["seg"], mask_size=10, variant=variant)
+    head = MASK_HEADS[variant](shape, in_features=["seg"], mask_size=10)
     captured = []
     boxes = [Boxes(torch.rand(3, 4) * 10 + torch.tensor([0, 0, 20, 20]))] * 2
     v = head(head.score_maps({"seg": torch.randn(2, 8, 8, 8)}), boxes, captured)
@@ -318,7 +327,7 @@ def test_inference_without_proposals_returns_empty_instances():
 def test_t1_conv_without_seg_aware_is_fast_rcnn(synthetic_inputs):
     cfg = tiny_r2ios_cfg()
     cfg.MODEL.R2IOS.NUM_ITERATIONS = 1
-    cfg.MODEL.R2IOS.MASK_VARIANT = "conv"
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "R2IOSConvMaskHead"
     cfg.MODEL.R2IOS.SEG_AWARE = False
     model = _build(cfg)
     torch.nn.init.normal_(model.roi_heads.box_predictor.bbox_pred.weight, std=0.05)
@@ -566,7 +575,7 @@ def test_fpn_rpn_config_trains_and_infers(mask_in_features):
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 200
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # replaced by R2-IOS's head
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "InstanceAwareAEMaskHead"
     cfg.MODEL.R2IOS.MASK_IN_FEATURES = mask_in_features
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     model = _build(cfg)
@@ -633,3 +642,20 @@ def test_tiny_model_overfits_synthetic_images():
             same_class = pred.pred_masks[pred.pred_classes == c]
             ious.append(max((_mask_iou(pm, m) for pm in same_class), default=0.0))
     assert sum(ious) / len(ious) > 0.6 and min(ious) > 0.3, ious
+
+
+def test_mask_heads_are_registered_and_the_heads_refuse_another():
+    from detectron2.modeling import build_model
+
+    from r2ios_d2.modeling.mask_head import r2ios_mask_head_names
+
+    assert r2ios_mask_head_names() == sorted(h.__name__ for h in MASK_HEADS.values())
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # a stock head: not R2-IOS's
+    with pytest.raises(ValueError, match="ROI_MASK_HEAD.NAME.*MaskRCNNConvUpsampleHead"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="bilinear pooler"):
+        R2IOSConvMaskHead({"seg": ShapeSpec(channels=8, stride=8)}, in_features=["seg"],
+                          pooler_type="ROIPool")  # fmt: skip
+    with pytest.raises(ValueError, match="in_features"):
+        InstanceAwareAEMaskHead({"seg": ShapeSpec(channels=8, stride=8)}, in_features=["p2"])

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shlex
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
+from readme_utils import readme_commands
 
 from r2ios_d2 import R2IOSPredictor, add_r2ios_config
 from r2ios_d2.data.proposals import filter_proposals, save_proposal_file
@@ -300,3 +302,45 @@ def test_demo_class_names_from_registered_test_dataset_else_generic():
     assert list(demo.demo_metadata(cfg).thing_classes) == list(SYNTHETIC_CLASSES)
     cfg.DATASETS.TEST = ("no_such_dataset_registered",)
     assert demo.demo_metadata(cfg).thing_classes == [f"class_{i}" for i in range(5)]
+
+
+def test_demo_takes_opts_flag_globs_and_confidence_threshold(tmp_path, image_folder, weights):
+    demo = _demo()
+    args = _demo_args([str(image_folder / "*.png")], tmp_path / "out", weights, "--json")
+    i = args.index("MODEL.WEIGHTS")
+    flagged = [*args[:i], "--opts", *args[i:]]  # detectron2's demo/demo.py form
+    assert demo.main(flagged) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "results.json"]  # glob: a.png only
+    assert json.loads((tmp_path / "out" / "results.json").read_text())  # threshold 0: detections
+
+    strict = [*flagged]
+    strict[strict.index("--confidence-threshold") + 1] = "1.01"  # no score reaches it
+    strict[strict.index("--output") + 1] = str(tmp_path / "strict")
+    assert demo.main(strict) == 0
+    assert json.loads((tmp_path / "strict" / "results.json").read_text()) == []
+
+    with pytest.raises(KeyError, match="NUM_ITERATONS.*did you mean"):
+        demo.main([*flagged, "MODEL.R2IOS.NUM_ITERATONS", "2"])
+
+
+def test_readme_demo_command_runs(tmp_path, image_folder, weights):
+    (command,) = readme_commands("demo-example")
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "tools/demo.py"]
+    # The README's paths, pointed at this test's files.
+    paths = {
+        "photo.jpg": str(image_folder / "a.png"),
+        "my_photos/": str(image_folder),
+        "shots/*.png": str(image_folder / "*.png"),
+        "demo_output/mine": str(tmp_path / "out"),
+        "demo_output/stage2/model_final.pth": weights,
+    }
+    assert set(paths) <= set(argv)
+    argv = [paths.get(a, a) for a in argv[2:]]
+    argv[argv.index("--config-file") + 1] = os.path.join(
+        REPO, argv[argv.index("--config-file") + 1]
+    )
+    argv[argv.index("--confidence-threshold") + 1] = "0.0"  # a random model's scores are low
+    tiny = _demo_args([], "", "")[_demo_args([], "", "").index("MODEL.VGG.WIDTH") :]
+    assert _demo().main(argv + tiny) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png"]

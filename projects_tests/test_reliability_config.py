@@ -10,7 +10,7 @@ from detectron2.config import get_cfg
 
 from r2ios_d2 import add_r2ios_config
 from r2ios_d2.config_checks import (
-    ALLOWED_CHOICES,
+    allowed_choices,
     check_opts_keys,
     check_output_dir,
     validate_r2ios_config,
@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD_VALUES = [
     ("MODEL.R2IOS.NUM_ITERATIONS", 0, "an integer >= 1"),
     ("MODEL.R2IOS.TEST_NUM_ITERATIONS", -2, "an integer >= 1"),
-    ("MODEL.R2IOS.MASK_VARIANT", "foo", "'ae', 'conv', 'fc'"),
+    ("MODEL.ROI_MASK_HEAD.NAME", "foo", "'InstanceAwareAEMaskHead', 'R2IOSConvMaskHead'"),
     ("MODEL.R2IOS.GATE_SCORE", "bar", "'all', 'foreground'"),
     ("MODEL.R2IOS.NMS_TYPE", "segm", "'box', 'mask'"),
     ("MODEL.R2IOS.OUTPUT_MODE", "per_image", "'proposal', 'per_class'"),
@@ -100,13 +100,13 @@ def test_every_shipped_config_is_valid(path):
 
 
 def test_allowed_choices_match_the_modules():
-    from r2ios_d2.modeling.mask_head import MASK_VARIANTS
-
-    assert ALLOWED_CHOICES["MODEL.R2IOS.MASK_VARIANT"] == tuple(MASK_VARIANTS)
-    # Every accepted choice builds (the modules check the same sets).
+    # Every accepted choice builds (the modules check the same sets), every mask head too.
     from detectron2.modeling import build_model
 
-    for key, values in ALLOWED_CHOICES.items():
+    from r2ios_d2.modeling.mask_head import r2ios_mask_head_names
+
+    choices = {**allowed_choices(), "MODEL.ROI_MASK_HEAD.NAME": r2ios_mask_head_names()}
+    for key, values in choices.items():
         for v in values:
             cfg = tiny_r2ios_cfg()
             cfg.MODEL.R2IOS.AE_HIDDEN_DIM = 8
@@ -117,8 +117,8 @@ def test_allowed_choices_match_the_modules():
 
 def test_unknown_opts_key_suggests_the_closest():
     cfg = tiny_r2ios_cfg()
-    with pytest.raises(KeyError, match="did you mean MODEL.R2IOS.MASK_VARIANT"):
-        check_opts_keys(cfg, ["MODEL.R2IOS.MASK_VARAINT", "fc"])
+    with pytest.raises(KeyError, match="did you mean MODEL.R2IOS.GATE_SCORE"):
+        check_opts_keys(cfg, ["MODEL.R2IOS.GATE_SCOER", "all"])
     with pytest.raises(KeyError, match="'NOPE.KEY'"):
         check_opts_keys(cfg, ["NOPE.KEY", "1"])
     with pytest.raises(ValueError, match="KEY VALUE pairs"):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from detectron2.engine import HookBase
-from reliability_utils import load_train_net, make_dataset, run_train_net, tiny_opts
+from reliability_utils import make_dataset, run_train_net, tiny_opts
 from reliability_utils import write_base_config as _write_base_config
 
+from r2ios_d2.engine import R2IOSTrainer
 from r2ios_d2.engine.resumable_data import ResumableTrainingSampler, StreamOrder
 
 
@@ -31,15 +32,14 @@ def _weights(path):
 
 
 def _kill_after(monkeypatch, iteration):
-    tn = load_train_net()
-    original = tn.Trainer.build_hooks
+    original = R2IOSTrainer.build_hooks
 
     class Kill(HookBase):
         def after_step(self):
             if self.trainer.iter == iteration:
                 raise SimulatedKill(f"killed after iteration {iteration}")
 
-    monkeypatch.setattr(tn.Trainer, "build_hooks", lambda self: [*original(self), Kill()])
+    monkeypatch.setattr(R2IOSTrainer, "build_hooks", lambda self: [*original(self), Kill()])
 
 
 # ------------------------------------------------------------------------------- resume
@@ -198,7 +198,7 @@ def test_unknown_config_key_in_yaml_is_named(syn, tmp_path):
 def test_invalid_config_value_fails_in_setup_before_any_output(syn, tmp_path):
     _, prefix, config = syn
     out = tmp_path / "never"
-    opts = tiny_opts(prefix, str(out)) + ["MODEL.R2IOS.MASK_VARIANT", "foo"]
-    with pytest.raises(ValueError, match=r"MODEL.R2IOS.MASK_VARIANT = 'foo'.*'ae', 'conv', 'fc'"):
+    opts = tiny_opts(prefix, str(out)) + ["MODEL.R2IOS.GATE_SCORE", "foo"]
+    with pytest.raises(ValueError, match=r"MODEL.R2IOS.GATE_SCORE = 'foo'.*'all', 'foreground'"):
         run_train_net(config, opts)
     assert not out.exists()

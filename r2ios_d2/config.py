@@ -52,9 +52,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.GATE_SCORE = "all"
     # Use the segmentation-aware feature concat(fc7, v) for classification and regression.
     _C.MODEL.R2IOS.SEG_AWARE = True
-    # Mask head variant: "ae" (instance-aware denoising autoencoder), "conv" (no AE),
-    # "fc" (two FC 3200 layers, no bottleneck).
-    _C.MODEL.R2IOS.MASK_VARIANT = "ae"
+    # (The mask head is chosen by MODEL.ROI_MASK_HEAD.NAME: "InstanceAwareAEMaskHead" (the
+    # paper's autoencoder), "R2IOSConvMaskHead" (v = C, no AE) or "R2IOSFCMaskHead" (two FC
+    # 3200 layers, no bottleneck).)
     # Side of the pooled confidence maps and of the predicted masks (paper: 40).
     _C.MODEL.R2IOS.MASK_SIZE = 40
     # Width of the AE bottleneck (paper: 512).

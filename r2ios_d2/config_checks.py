@@ -10,29 +10,51 @@ keys whose bad values would otherwise surface as a shape error deep inside train
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import math
 import os
 import tempfile
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["validate_r2ios_config", "check_output_dir", "check_opts_keys"]
+__all__ = [
+    "allowed_choices",
+    "check_lazy_overrides",
+    "check_opts_keys",
+    "check_output_dir",
+    "validate_r2ios_config",
+]
 
-# Allowed values of the string-valued keys (the modules that use them check again).
-ALLOWED_CHOICES = {
-    "MODEL.R2IOS.GATE_SCORE": ("all", "foreground"),
-    "MODEL.R2IOS.MASK_VARIANT": ("ae", "conv", "fc"),
-    "MODEL.R2IOS.OUTPUT_MODE": ("proposal", "per_class"),
-    "MODEL.R2IOS.NMS_TYPE": ("box", "mask"),
-    "MODEL.R2IOS.MASK_LOSS_NORMALIZER": ("fg", "rois"),
-    "MODEL.R2IOS.SEG_AWARE_INPUT": ("logits", "probs"),
-    "MODEL.VGG.NORM": ("", "GN"),
-    "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
-}
+
+def allowed_choices() -> Dict[str, Tuple[str, ...]]:
+    """Allowed values of the string-valued keys, read from the modules that take them (which
+    check them again): ``{"MODEL.R2IOS.GATE_SCORE": ("all", "foreground"), ...}``."""
+    # Imported here: the modules import this one (validate_r2ios_config).
+    from .engine.optimizer import OPTIMIZERS
+    from .modeling import backbone_vgg, box_head, roi_heads
+
+    return {
+        "MODEL.R2IOS.GATE_SCORE": roi_heads.GATE_SCORES,
+        "MODEL.R2IOS.OUTPUT_MODE": roi_heads.OUTPUT_MODES,
+        "MODEL.R2IOS.NMS_TYPE": roi_heads.NMS_TYPES,
+        "MODEL.R2IOS.MASK_LOSS_NORMALIZER": roi_heads.MASK_LOSS_NORMALIZERS,
+        "MODEL.R2IOS.SEG_AWARE_INPUT": tuple(box_head.SEG_AWARE_INPUTS),
+        "MODEL.VGG.NORM": backbone_vgg.VGG_NORMS,
+        "SOLVER.OPTIMIZER": OPTIMIZERS,
+    }
+
+
+def _r2ios_heads_choices(cfg: CfgNode) -> Dict[str, Tuple[str, ...]]:
+    """With ``R2IOSROIHeads``, ``ROI_MASK_HEAD.NAME`` must be a registered R2-IOS mask head."""
+    if cfg.MODEL.ROI_HEADS.NAME != "R2IOSROIHeads":
+        return {}
+    from .modeling.mask_head import r2ios_mask_head_names
+
+    return {"MODEL.ROI_MASK_HEAD.NAME": tuple(r2ios_mask_head_names())}
 
 
 def _get(cfg: CfgNode, key: str) -> Any:
@@ -136,7 +158,7 @@ def validate_r2ios_config(cfg: CfgNode) -> None:
     if "R2IOS" not in cfg.MODEL:
         raise ValueError("config has no MODEL.R2IOS: call r2ios_d2.add_r2ios_config(cfg) first")
     problems: List[str] = []
-    for key, allowed in ALLOWED_CHOICES.items():
+    for key, allowed in {**allowed_choices(), **_r2ios_heads_choices(cfg)}.items():
         try:
             value = _get(cfg, key)
         except KeyError:
@@ -216,3 +238,67 @@ def check_output_dir(path: str) -> None:
             f"OUTPUT_DIR {path!r} is not a writable folder ({e.strerror or e}); choose another "
             "OUTPUT_DIR or fix its permissions",
         ) from e
+
+
+def _accepts_argument(target: Any, name: str) -> bool:
+    """Whether calling ``target`` (a class or function of a LazyCall) accepts ``name``.
+
+    A class's ``**kwargs`` are followed up its bases' ``__init__`` (as detectron2's
+    ``@configurable`` heads forward them), stopping at ``nn.Module``/``object``.
+    """
+    if isinstance(target, str):
+        from detectron2.utils.registry import locate
+
+        target = locate(target)
+    if not inspect.isclass(target):
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return True  # no signature to check against: let the call decide
+        return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    import torch
+
+    for klass in target.__mro__:
+        if klass in (torch.nn.Module, object):
+            return False
+        if "__init__" not in klass.__dict__:
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def check_lazy_overrides(cfg: Any, overrides: Sequence[str]) -> None:
+    """Check that ``key=value`` overrides of a LazyConfig name existing keys.
+
+    detectron2's ``LazyConfig.apply_overrides`` silently creates a misspelt key (which the
+    model then never reads). A key is accepted if it exists, or if its parent is a
+    ``LazyCall`` whose target takes an argument of that name (e.g. a keyword left at its
+    default in the config file).
+
+    Args:
+        cfg: a loaded LazyConfig.
+        overrides: ``["a.b=1", ...]`` as on the command line.
+
+    Raises:
+        KeyError: naming the key and the closest existing ones.
+    """
+    from omegaconf import OmegaConf
+
+    missing = object()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if OmegaConf.is_dict(parent) and "_target_" in parent:
+            if _accepts_argument(parent["_target_"], name):
+                continue
+        siblings = list(parent.keys()) if OmegaConf.is_dict(parent) else []
+        close = difflib.get_close_matches(name, [str(s) for s in siblings], n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(f'{parent_key}.{c}'.lstrip('.') for c in close)}?"
+        raise KeyError(f"Unknown config key {key!r} in the overrides{hint if close else ''}")

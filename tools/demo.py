@@ -3,7 +3,10 @@
 
     python tools/demo.py --config-file configs/synthetic/r2ios_tiny_stage1.yaml \\
         --input photo.jpg more_photos/ "shots/*.png" --output demo_output/mine --json --trace \\
-        MODEL.WEIGHTS demo_output/stage1/model_final.pth
+        --confidence-threshold 0.5 --opts MODEL.WEIGHTS demo_output/stage2/model_final.pth
+
+Config overrides come after ``--opts`` as in detectron2's ``demo/demo.py`` (or, equally, as
+trailing ``KEY VALUE`` pairs without it).
 
 Proposals: selective search on the fly (as ``tools/selective_search.py``), or your own from
 ``--proposals-dir DIR`` (``DIR/<file stem>.npz``, the format of ``tools/selective_search.py``),
@@ -180,18 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ss-mode", choices=["fast", "quality"], default="fast", help="selective search mode"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    parser.add_argument(
+        "--opts",
+        dest="flag_opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides KEY VALUE ... (as detectron2's demo/demo.py; must come last)",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (same as --opts)"
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit status (0: at least one image succeeded)."""
     args = build_parser().parse_args(argv)
+    args.opts = [*args.opts, *args.flag_opts]
 
     from detectron2.config import get_cfg
     from tqdm import tqdm
 
     from r2ios_d2 import R2IOSPredictor, add_r2ios_config
+    from r2ios_d2.config_checks import check_opts_keys
     from r2ios_d2.engine import atomic_write_text
 
     paths = expand_inputs(args.input)
@@ -203,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = get_cfg()
     add_r2ios_config(cfg)
     cfg.merge_from_file(args.config_file)
+    check_opts_keys(cfg, args.opts)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()

@@ -3,13 +3,15 @@
 
 The predictions file is the ``sds_predictions.json`` that ``SDSEvaluator`` writes to its output
 directory; the GT comes from the registered dataset (importing ``r2ios_d2`` registers the VOC /
-SBD / synthetic datasets).
+SBD / synthetic datasets; ``--register-coco NAME JSON IMAGE_ROOT`` registers a COCO-format one).
 
 Examples::
 
     python tools/evaluate_sds.py output/inference/sds_predictions.json
     python tools/evaluate_sds.py preds.json --dataset voc_2012_seg_val --matching voc \\
         --use-07-metric --void-mode ignore --thresholds 0.5 0.75 --output rescored.json
+    python tools/evaluate_sds.py output/my_coco/inference/my_val/sds_predictions.json \\
+        --register-coco my_val my_coco/val.json my_coco/images
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import r2ios_d2  # noqa: F401  (registers the datasets)
+from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
 from r2ios_d2.evaluation import MATCHING_RULES, VOID_MODES, VOL_THRESHOLDS
 from r2ios_d2.evaluation.sds import (
     format_results,
@@ -55,18 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="IoU thresholds averaged into AP_vol (default: 0.1 ... 0.9)",
     )
     p.add_argument("--output", default=None, help="write the results as JSON here")
+    add_register_coco_argument(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    register_coco_from_args(args)
     saved = load_predictions(args.predictions)
     dataset = args.dataset or saved["dataset"]
     if not dataset:
         raise SystemExit("no --dataset given and none recorded in the predictions file")
-    class_names = list(MetadataCatalog.get(dataset).thing_classes)
-    gt = gt_from_dataset_dicts(DatasetCatalog.get(dataset))
+    gt = gt_from_dataset_dicts(DatasetCatalog.get(dataset), dataset)
+    class_names = list(MetadataCatalog.get(dataset).thing_classes)  # set once the data is read
     raw = score_predictions(
         saved["predictions"],
         gt,

@@ -7,9 +7,12 @@ scores, image_id/height/width); resumable; parallel. Examples::
     python tools/selective_search.py --dataset r2ios_synthetic_train --workers 2
     python tools/selective_search.py --images datasets/VOC2012/JPEGImages --out ss/ --mode quality
     python tools/selective_search.py --dataset voc_2012_seg_val --export-pickle ss_val.pkl
+    python tools/selective_search.py --register-coco my_train my_coco/train.json my_coco/images \
+        --dataset my_train
 
 Without ``--out``, a dataset's proposals go to its metadata's ``proposal_dir`` (where the
-loaders look for them by default).
+loaders look for them by default); for a dataset registered with ``--register-coco NAME JSON
+IMAGE_ROOT`` that is ``<folder of JSON>/proposals/NAME/``.
 """
 
 import argparse
@@ -28,6 +31,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 def _dataset_items(name):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    if name not in DatasetCatalog.list():
+        raise SystemExit(
+            f"Dataset {name!r} is not registered; for your own COCO-format data add "
+            f"--register-coco {name} JSON IMAGE_ROOT."
+        )
     dicts = DatasetCatalog.get(name)
     items = [(str(d["image_id"]), d["file_name"], d["height"], d["width"]) for d in dicts]
     return items, dicts, MetadataCatalog.get(name).get("proposal_dir", None)
@@ -48,6 +56,8 @@ def _folder_items(folder):
 
 
 def main(argv=None):
+    from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="registered dataset name")
@@ -60,6 +70,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
     parser.add_argument("--export-pickle", metavar="FILE", help="also write a detectron2 pickle")
     parser.add_argument("--recall", action="store_true", help="report recall against the GT")
+    add_register_coco_argument(parser)
     args = parser.parse_args(argv)
 
     import logging
@@ -69,6 +80,9 @@ def main(argv=None):
     from r2ios_d2.data.selective_search import compute_proposals, proposal_recall
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    registered = register_coco_from_args(args)
+    if registered and args.images:
+        raise SystemExit("--register-coco names datasets for --dataset; --images reads a folder")
     dicts = None
     if args.dataset:
         items, dicts, default_out = _dataset_items(args.dataset)

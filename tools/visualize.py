@@ -25,7 +25,7 @@ from tqdm import tqdm
 from r2ios_d2 import add_r2ios_config
 from r2ios_d2.data import build_r2ios_test_loader
 from r2ios_d2.engine import R2IOSCheckpointer
-from r2ios_d2.modeling.roi_heads import scale_trace_boxes
+from r2ios_d2.modeling.postprocessing import scale_trace_boxes
 from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
 
 

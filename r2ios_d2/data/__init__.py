@@ -1,11 +1,18 @@
-"""Datasets (VOC2012, SBD, SDS, synthetic), proposals and data loaders of r2ios_d2.
+"""Datasets (VOC2012, SBD, SDS, synthetic, your own COCO-format), proposals and data loaders.
 
 Importing this package registers the datasets in detectron2's ``DatasetCatalog`` (lazily:
 nothing is read until ``DatasetCatalog.get``). The selective search function lives in
 :mod:`r2ios_d2.data.selective_search` (not re-exported: it would shadow the module's name).
 """
 
-from . import datasets, proposals, selective_search, synthetic  # noqa: F401  (registers)
+from . import coco, datasets, proposals, selective_search, synthetic  # noqa: F401  (registers)
+from .coco import (
+    add_register_coco_argument,
+    check_proposal_files,
+    check_r2ios_training_dicts,
+    register_coco_for_r2ios,
+    register_coco_from_args,
+)
 from .datasets import (
     VOC_CLASSES,
     load_sbd_instances,
@@ -18,6 +25,7 @@ from .proposals import (
     PrecomputedProposalMapper,
     build_r2ios_test_loader,
     build_r2ios_train_loader,
+    get_r2ios_dataset_dicts,
     load_proposal_file,
     r2ios_train_dataset_dicts,
     save_proposal_file,
@@ -38,11 +46,17 @@ __all__ = [
     "register_sbd",
     "register_all_voc_sbd",
     "register_synthetic",
+    "register_coco_for_r2ios",
+    "add_register_coco_argument",
+    "register_coco_from_args",
+    "check_r2ios_training_dicts",
+    "check_proposal_files",
     "generate_synthetic_dataset",
     "difficulty_statistics",
     "PrecomputedProposalMapper",
     "build_r2ios_train_loader",
     "r2ios_train_dataset_dicts",
+    "get_r2ios_dataset_dicts",
     "build_r2ios_test_loader",
     "load_proposal_file",
     "save_proposal_file",

@@ -21,7 +21,7 @@ import logging
 import os
 import pickle
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from detectron2.config import CfgNode, configurable
@@ -36,6 +36,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.structures import BoxMode
 
 from ..atomic import atomic_open
+from .coco import selective_search_command
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ __all__ = [
     "PrecomputedProposalMapper",
     "build_r2ios_train_loader",
     "r2ios_train_dataset_dicts",
+    "get_r2ios_dataset_dicts",
     "build_r2ios_test_loader",
 ]
 
@@ -298,6 +300,7 @@ def attach_proposals(
     proposal_dir: Optional[str] = None,
     proposal_pickle: Optional[str] = None,
     allow_pickle: bool = False,
+    dataset_name: Optional[str] = None,
 ) -> None:
     """Tell each dataset dict where its proposals are (in place).
 
@@ -311,14 +314,21 @@ def attach_proposals(
         proposal_dir: folder of per-image ``.npz`` files.
         proposal_pickle: detectron2 proposal pickle.
         allow_pickle: opt-in to unpickling ``proposal_pickle``.
+        dataset_name: the dataset's name, for the messages (the command that computes its
+            proposals).
     """
     if (proposal_dir is None) == (proposal_pickle is None):
         raise ValueError("Give exactly one of proposal_dir and proposal_pickle.")
     if proposal_dir is not None:
         if not os.path.isdir(proposal_dir):
+            if dataset_name:
+                command = selective_search_command(dataset_name, proposal_dir)
+            else:
+                command = "python tools/selective_search.py --dataset <name> --out " + proposal_dir
+            which = "" if dataset_name is None else f" of dataset {dataset_name!r}"
             raise FileNotFoundError(
-                f"Proposal folder {proposal_dir} does not exist. Compute proposals with "
-                f"`python tools/selective_search.py --dataset <name> --out {proposal_dir}`."
+                f"Proposal folder {proposal_dir}{which} does not exist. Compute the proposals "
+                f"with\n    {command}"
             )
         for d in dataset_dicts:
             d["proposal_file"] = os.path.join(proposal_dir, f"{d['image_id']}.npz")
@@ -327,7 +337,10 @@ def attach_proposals(
     for d in dataset_dicts:
         key = str(d["image_id"])
         if key not in table:
-            raise KeyError(f"Proposal pickle {proposal_pickle} has no proposals for image {key}.")
+            which = "" if dataset_name is None else f" of dataset {dataset_name!r}"
+            raise KeyError(
+                f"Proposal pickle {proposal_pickle} has no proposals for image {key}{which}."
+            )
         d["proposal_boxes"], d["proposal_objectness_logits"] = table[key]
         d["proposal_bbox_mode"] = BoxMode.XYXY_ABS
         d["proposal_source"] = f"{proposal_pickle} (image {key})"
@@ -448,13 +461,20 @@ class PrecomputedProposalMapper(DatasetMapper):
 # ------------------------------------------------------------------------------ loaders
 
 
-def _proposal_source(cfg: CfgNode, name: str, is_train: bool) -> Dict[str, Any]:
-    names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
-    dirs = list(cfg.DATASETS.PROPOSAL_DIRS_TRAIN if is_train else cfg.DATASETS.PROPOSAL_DIRS_TEST)
-    files = list(
-        cfg.DATASETS.PROPOSAL_FILES_TRAIN if is_train else cfg.DATASETS.PROPOSAL_FILES_TEST
-    )
-    which = "TRAIN" if is_train else "TEST"
+def _proposal_sources(
+    names: Sequence[str],
+    which: str,
+    proposal_dirs: Sequence[str] = (),
+    proposal_files: Sequence[str] = (),
+    allow_pickle: bool = False,
+) -> Dict[str, Dict[str, Any]]:
+    """Where the proposals of each dataset in ``names`` are: ``{name: attach_proposals kwargs}``.
+
+    ``proposal_dirs`` / ``proposal_files`` are parallel to ``names`` (or empty: then each
+    dataset's metadata ``proposal_dir``); ``which`` ("TRAIN"/"TEST") only names the config keys
+    in error messages.
+    """
+    names, dirs, files = list(names), list(proposal_dirs), list(proposal_files)
     for key, values in ((f"PROPOSAL_DIRS_{which}", dirs), (f"PROPOSAL_FILES_{which}", files)):
         if values and len(values) != len(names):
             raise ValueError(
@@ -463,29 +483,107 @@ def _proposal_source(cfg: CfgNode, name: str, is_train: bool) -> Dict[str, Any]:
             )
     if dirs and files:
         raise ValueError(f"Set DATASETS.PROPOSAL_DIRS_{which} or PROPOSAL_FILES_{which}, not both.")
-    if name in names and dirs:
-        return {"proposal_dir": dirs[names.index(name)]}
-    if name in names and files:
-        return {
-            "proposal_pickle": files[names.index(name)],
-            "allow_pickle": bool(cfg.DATASETS.ALLOW_PICKLE_PROPOSALS),
-        }
-    proposal_dir = MetadataCatalog.get(name).get("proposal_dir", None)
-    if proposal_dir is None:
-        raise ValueError(
-            f"No proposals for dataset {name}: set DATASETS.PROPOSAL_DIRS_{which} or the "
-            "dataset metadata's proposal_dir."
-        )
-    return {"proposal_dir": proposal_dir}
+    sources: Dict[str, Dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        if dirs:
+            sources[name] = {"proposal_dir": dirs[i]}
+        elif files:
+            sources[name] = {"proposal_pickle": files[i], "allow_pickle": bool(allow_pickle)}
+        else:
+            proposal_dir = MetadataCatalog.get(name).get("proposal_dir", None)
+            if proposal_dir is None:
+                raise ValueError(
+                    f"No proposals for dataset {name}: set DATASETS.PROPOSAL_DIRS_{which} or "
+                    "the dataset metadata's proposal_dir."
+                )
+            sources[name] = {"proposal_dir": proposal_dir}
+    return sources
 
 
-def _dataset_with_proposals(cfg: CfgNode, name: str, is_train: bool) -> List[Dict[str, Any]]:
-    dicts = [dict(d) for d in DatasetCatalog.get(name)]
-    if not dicts:
-        raise ValueError(f"Dataset {name} is empty.")
-    if cfg.MODEL.LOAD_PROPOSALS:
-        attach_proposals(dicts, **_proposal_source(cfg, name, is_train))
+def get_r2ios_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    *,
+    is_train: bool = True,
+    load_proposals: bool = True,
+    proposal_dirs: Sequence[str] = (),
+    proposal_files: Sequence[str] = (),
+    allow_pickle_proposals: bool = False,
+    filter_empty: bool = True,
+    num_classes: Optional[int] = None,
+) -> List[Dict[str, Any]]:
+    """The dataset dicts of registered datasets with their proposals attached (config-free:
+    the LazyConfig loaders call it directly, the yacs ones through
+    :func:`r2ios_train_dataset_dicts` / :func:`build_r2ios_test_loader`).
+
+    Args:
+        names: one or more registered dataset names.
+        is_train: training dicts: crowd-only images are dropped (``filter_empty``), the class
+            histogram is logged, and the datasets must share ``thing_classes``.
+        load_proposals: attach proposals (False: e.g. an RPN model).
+        proposal_dirs, proposal_files: per-dataset proposal folders / detectron2 proposal
+            pickles, parallel to ``names`` (empty: each dataset's metadata ``proposal_dir``).
+        allow_pickle_proposals: opt-in to unpickling ``proposal_files``.
+        filter_empty: in training, drop images whose annotations are all crowd.
+        num_classes: the model's number of classes; training categories must be below it.
+
+    Raises:
+        ValueError: what R2-IOS cannot train or test on, naming the dataset and the fix (see
+            :func:`r2ios_d2.data.coco.check_r2ios_training_dicts`): instances without masks,
+            no non-crowd instance, categories beyond ``num_classes``, missing proposal files.
+
+    Returns:
+        a list of dataset dicts (copies; the catalog's are not modified).
+    """
+    from .coco import check_proposal_files, check_r2ios_training_dicts
+
+    names = [names] if isinstance(names, str) else list(names)
+    which = "TRAIN" if is_train else "TEST"
+    sources = (
+        _proposal_sources(names, which, proposal_dirs, proposal_files, allow_pickle_proposals)
+        if load_proposals
+        else {}
+    )
+    dicts: List[Dict[str, Any]] = []
+    for name in names:
+        part = [dict(d) for d in DatasetCatalog.get(name)]
+        if not part:
+            raise ValueError(f"Dataset {name} is empty.")
+        if load_proposals:
+            attach_proposals(part, dataset_name=name, **sources[name])
+        if is_train:
+            check_r2ios_training_dicts(part, name, num_classes, check_proposals=load_proposals)
+        elif load_proposals:
+            check_proposal_files(part, name)
+        dicts.extend(part)
+    if not is_train:
+        return dicts
+    if filter_empty:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+    classes = [MetadataCatalog.get(n).get("thing_classes", None) for n in names]
+    if any(c != classes[0] for c in classes):
+        raise ValueError(f"DATASETS.TRAIN {names} have different thing_classes.")
+    if classes[0] is not None:
+        _log_class_histogram(dicts, classes[0])
     return dicts
+
+
+def _cfg_test_dicts(cfg: CfgNode, name: str) -> List[Dict[str, Any]]:
+    """:func:`get_r2ios_dataset_dicts` of one test dataset with the proposal settings of
+    ``cfg`` (its ``DATASETS.PROPOSAL_DIRS_TEST``/``FILES_TEST`` entry if it is listed in
+    ``DATASETS.TEST``, else its metadata's ``proposal_dir``)."""
+    d = cfg.DATASETS
+    listed, dirs, files = list(d.TEST), d.PROPOSAL_DIRS_TEST, d.PROPOSAL_FILES_TEST
+    if (dirs or files) and listed:  # check the lengths against the whole list
+        _proposal_sources(listed, "TEST", dirs, files, d.ALLOW_PICKLE_PROPOSALS)
+    i = listed.index(name) if name in listed else None
+    return get_r2ios_dataset_dicts(
+        name,
+        is_train=False,
+        load_proposals=bool(cfg.MODEL.LOAD_PROPOSALS),
+        proposal_dirs=[dirs[i]] if dirs and i is not None else (),
+        proposal_files=[files[i]] if files and i is not None else (),
+        allow_pickle_proposals=bool(d.ALLOW_PICKLE_PROPOSALS),
+    )
 
 
 def _log_class_histogram(dicts: List[Dict[str, Any]], class_names: Sequence[str]) -> None:
@@ -503,18 +601,17 @@ def r2ios_train_dataset_dicts(cfg: CfgNode) -> List[Dict[str, Any]]:
     Raises:
         ValueError: if the datasets have different ``thing_classes``.
     """
-    names = list(cfg.DATASETS.TRAIN)
-    dicts: List[Dict[str, Any]] = []
-    for name in names:
-        dicts.extend(_dataset_with_proposals(cfg, name, True))
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
-    classes = [MetadataCatalog.get(n).get("thing_classes", None) for n in names]
-    if any(c != classes[0] for c in classes):
-        raise ValueError(f"DATASETS.TRAIN {names} have different thing_classes.")
-    if classes[0] is not None:
-        _log_class_histogram(dicts, classes[0])
-    return dicts
+    d = cfg.DATASETS
+    return get_r2ios_dataset_dicts(
+        list(d.TRAIN),
+        is_train=True,
+        load_proposals=bool(cfg.MODEL.LOAD_PROPOSALS),
+        proposal_dirs=d.PROPOSAL_DIRS_TRAIN,
+        proposal_files=d.PROPOSAL_FILES_TRAIN,
+        allow_pickle_proposals=bool(d.ALLOW_PICKLE_PROPOSALS),
+        filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+    )
 
 
 def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = None) -> Any:
@@ -548,7 +645,7 @@ def build_r2ios_test_loader(
     Returns:
         an iterable of one-element lists of mapped dicts.
     """
-    dicts = _dataset_with_proposals(cfg, dataset_name, False)
+    dicts = _cfg_test_dicts(cfg, dataset_name)
     if mapper is None:
         mapper = PrecomputedProposalMapper(cfg, False)
     return build_detection_test_loader(dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)

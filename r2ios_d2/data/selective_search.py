@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from detectron2.structures import BoxMode
 from tqdm import tqdm
 
 from .proposals import load_proposal_file, rank_scores, save_proposal_file
@@ -165,7 +166,8 @@ def proposal_recall(
     """How well proposals cover the ground-truth boxes.
 
     Args:
-        dataset_dicts: dicts with ``image_id``, ``height``, ``width`` and XYXY_ABS boxes.
+        dataset_dicts: dicts with ``image_id``, ``height``, ``width`` and ``annotations`` (``bbox``
+            in their ``bbox_mode``, default XYXY_ABS); crowd annotations are left out.
         proposal_dir: folder of ``<image_id>.npz`` files.
         thresholds: IoU thresholds for recall.
         topk: use only the first k proposals of each image.
@@ -181,7 +183,12 @@ def proposal_recall(
         boxes, _ = load_proposal_file(path, d["image_id"], d["height"], d["width"])
         boxes = boxes[:topk]
         nboxes.append(len(boxes))
-        gt = np.asarray([a["bbox"] for a in d["annotations"]], np.float64).reshape(-1, 4)
+        gt = [
+            BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
+            for a in d["annotations"]
+            if not a.get("iscrowd", 0)
+        ]
+        gt = np.asarray(gt, np.float64).reshape(-1, 4)
         if not len(gt):
             continue
         if not len(boxes):

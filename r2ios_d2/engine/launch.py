@@ -1,4 +1,4 @@
-"""Multi-process training and evaluation on CPUs (gloo), and DDP for CPU models.
+"""Multi-process training and evaluation on CPUs (gloo).
 
 detectron2's ``launch`` spawns one process per GPU and asserts CUDA; `launch_cpu` does the same
 for CPU processes with the gloo backend, and sets up detectron2's per-machine process group so
@@ -7,16 +7,15 @@ for CPU processes with the gloo backend, and sets up detectron2's per-machine pr
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import socket
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
+
+from .compat import set_local_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +26,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _set_local_group(world_size: int) -> None:
-    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
-        comm.create_local_process_group(world_size)
-    else:  # v0.6: one machine, so the local group spans every rank
-        comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(world_size)))
-
-
 def _cpu_worker(
     rank: int, main_func: Callable, world_size: int, dist_url: str, args: Sequence[Any]
 ) -> None:
     dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank)
-    _set_local_group(world_size)
+    set_local_process_group(world_size)
     comm.synchronize()
     try:
         main_func(*args)
@@ -63,27 +55,3 @@ def launch_cpu(
         daemon=False,
         start_method="spawn",
     )
-
-
-@contextlib.contextmanager
-def ddp_for_cpu_models() -> Iterator[None]:
-    """While active, detectron2's ``create_ddp_model`` wraps CPU models correctly.
-
-    detectron2 passes ``device_ids=[local_rank]``, which torch's DistributedDataParallel only
-    accepts for GPU modules; for a CPU module it must be ``None``.
-    """
-    import detectron2.engine.defaults as d2_defaults
-
-    original = d2_defaults.create_ddp_model
-
-    @functools.wraps(original)
-    def create(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
-        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-            kwargs["device_ids"] = None
-        return original(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = original

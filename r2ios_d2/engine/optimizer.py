@@ -7,12 +7,15 @@ R-CNN) 1e-3 for the new ones: ``SOLVER.BASE_LR: 0.001`` and ``SOLVER.PRETRAINED_
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer, get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
+
+# SOLVER.OPTIMIZER choices.
+OPTIMIZERS = ("SGD", "ADAMW")
 
 
 def split_pretrained_groups(
@@ -38,28 +41,65 @@ def split_pretrained_groups(
     return out
 
 
+def r2ios_optimizer_params(
+    model: torch.nn.Module,
+    base_lr: float,
+    *,
+    weight_decay_norm: float = 0.0,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: Optional[float] = None,
+    pretrained_prefixes: Sequence[str] = ("backbone.", "roi_heads.box_head."),
+    pretrained_lr_factor: float = 1.0,
+) -> List[Dict[str, Any]]:
+    """Parameter groups: detectron2's defaults (weight decay of norm layers and biases, bias
+    lr), each split into pre-trained and new parameters with the pre-trained lr scaled by
+    ``pretrained_lr_factor`` (config-free: LazyConfig's ``optimizer.params``).
+
+    Args:
+        model: the model (or its DDP wrapper).
+        base_lr: the lr of new parameters.
+        weight_decay_norm, bias_lr_factor, weight_decay_bias: as detectron2's
+            ``SOLVER.WEIGHT_DECAY_NORM`` / ``BIAS_LR_FACTOR`` / ``WEIGHT_DECAY_BIAS``.
+        pretrained_prefixes: name prefixes of the pre-trained parameters.
+        pretrained_lr_factor: their lr factor (paper: 0.1).
+
+    Returns:
+        a list of param-group dicts for a ``torch.optim.Optimizer``.
+    """
+    module = model.module if hasattr(model, "module") else model
+    groups = get_default_optimizer_params(
+        module,
+        base_lr=base_lr,
+        weight_decay_norm=weight_decay_norm,
+        bias_lr_factor=bias_lr_factor,
+        weight_decay_bias=weight_decay_bias,
+    )
+    if pretrained_lr_factor == 1.0:
+        return groups
+    return split_pretrained_groups(
+        groups, module, tuple(pretrained_prefixes), pretrained_lr_factor, base_lr
+    )
+
+
 def build_r2ios_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """detectron2's default optimizer setup (weight decay, norm/bias rules, gradient clipping),
     SGD or AdamW per ``SOLVER.OPTIMIZER``, with the lr of parameters under
     ``SOLVER.PRETRAINED_PARAM_PREFIXES`` scaled by ``SOLVER.PRETRAINED_LR_FACTOR``."""
     factor = cfg.SOLVER.PRETRAINED_LR_FACTOR
     kind = cfg.SOLVER.OPTIMIZER.upper()
-    if kind not in ("SGD", "ADAMW"):
+    if kind not in OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
     if factor == 1.0 and kind == "SGD":
         return build_optimizer(cfg, model)
-    module = model.module if hasattr(model, "module") else model
-    groups = get_default_optimizer_params(
-        module,
-        base_lr=cfg.SOLVER.BASE_LR,
+    groups = r2ios_optimizer_params(
+        model,
+        cfg.SOLVER.BASE_LR,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        pretrained_prefixes=cfg.SOLVER.PRETRAINED_PARAM_PREFIXES,
+        pretrained_lr_factor=factor,
     )
-    if factor != 1.0:
-        groups = split_pretrained_groups(
-            groups, module, tuple(cfg.SOLVER.PRETRAINED_PARAM_PREFIXES), factor, cfg.SOLVER.BASE_LR
-        )
     if kind == "ADAMW":
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
             groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY

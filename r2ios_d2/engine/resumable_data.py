@@ -43,6 +43,7 @@ __all__ = [
     "PositionSeededMapper",
     "ResumableTrainLoader",
     "build_resumable_train_loader",
+    "resumable_train_loader",
 ]
 
 _POSITION_KEY = "_r2ios_stream_position"
@@ -232,29 +233,61 @@ def build_resumable_train_loader(
     mapper: Callable[[Dict[str, Any]], Any],
     seed: Optional[int] = None,
 ) -> ResumableTrainLoader:
-    """detectron2's train loader over ``dicts`` with the resumable stream.
+    """detectron2's train loader over ``dicts`` with the resumable stream, set up from a yacs
+    config (:func:`resumable_train_loader` with ``SOLVER.IMS_PER_BATCH``,
+    ``DATALOADER.ASPECT_RATIO_GROUPING`` / ``NUM_WORKERS`` and ``SEED``).
 
     Args:
-        cfg: uses ``SOLVER.IMS_PER_BATCH``, ``DATALOADER.ASPECT_RATIO_GROUPING`` /
-            ``NUM_WORKERS`` and ``SEED``.
+        cfg: the config.
         dicts: the training dataset dicts (proposals attached, filtered), e.g.
             :func:`r2ios_d2.data.r2ios_train_dataset_dicts`.
         mapper: the dataset mapper (e.g. ``PrecomputedProposalMapper(cfg, True)``).
-        seed: stream seed; default ``cfg.SEED`` if >= 0, else one shared random seed (then a
-            resumed run draws a new stream: exact resume needs ``SEED >= 0``).
+        seed: stream seed; default ``cfg.SEED``.
+    """
+    return resumable_train_loader(
+        dicts,
+        mapper,
+        total_batch_size=int(cfg.SOLVER.IMS_PER_BATCH),
+        seed=cfg.SEED if seed is None else seed,
+        aspect_ratio_grouping=bool(cfg.DATALOADER.ASPECT_RATIO_GROUPING),
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+    )
+
+
+def resumable_train_loader(
+    dataset: List[Dict[str, Any]],
+    mapper: Callable[[Dict[str, Any]], Any],
+    *,
+    total_batch_size: int,
+    seed: int = -1,
+    aspect_ratio_grouping: bool = True,
+    num_workers: int = 0,
+) -> ResumableTrainLoader:
+    """detectron2's train loader over ``dataset`` in a stream that ``--resume`` continues
+    exactly (config-free; LazyConfig's ``dataloader.train`` calls it).
+
+    Args:
+        dataset: the training dataset dicts (proposals attached, filtered), e.g.
+            :func:`r2ios_d2.data.get_r2ios_dataset_dicts`.
+        mapper: the dataset mapper (e.g. :class:`r2ios_d2.data.PrecomputedProposalMapper`).
+        total_batch_size: images per step over all processes.
+        seed: stream seed; < 0 draws one random seed shared by all processes (then a resumed
+            run draws a new stream: exact resume needs ``seed >= 0``).
+        aspect_ratio_grouping: batch landscape and portrait images separately.
+        num_workers: data-loader worker processes.
 
     Returns:
         a :class:`ResumableTrainLoader` yielding per-rank lists of mapped dicts.
     """
-    if seed is None:
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    dicts = dataset
+    if seed < 0:
+        seed = comm.shared_random_seed()
     world = comm.get_world_size()
-    total = int(cfg.SOLVER.IMS_PER_BATCH)
+    total = int(total_batch_size)
     if total % world:
         raise ValueError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by {world} processes")
-    grouping = bool(cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+    grouping = bool(aspect_ratio_grouping)
     landscape = [d["width"] > d["height"] for d in dicts] if grouping else None
-    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
 
     def build(start_iter: int) -> Any:
         order = StreamOrder(len(dicts), seed)
@@ -265,7 +298,7 @@ def build_resumable_train_loader(
             sampler=sampler,
             total_batch_size=total,
             aspect_ratio_grouping=grouping,
-            num_workers=num_workers,
+            num_workers=int(num_workers),
         )
 
     return ResumableTrainLoader(build)

@@ -72,6 +72,8 @@ def _to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
     """A COCO segmentation (compressed / uncompressed RLE dict, or polygons) as compressed RLE
     with ``str`` counts."""
     if isinstance(segm, dict):
+        if tuple(int(v) for v in segm["size"]) != (height, width):
+            raise ValueError(f"RLE of size {list(segm['size'])} in a {height}x{width} image")
         if isinstance(segm.get("counts"), list):  # uncompressed RLE
             segm = mask_util.frPyObjects(segm, *segm["size"])
         return _rle_to_json(segm)
@@ -97,35 +99,67 @@ def _masks_to_rles(masks: torch.Tensor, mask_threshold: float) -> List[Dict[str,
 # --------------------------------------------------------------------------------------------
 # Ground truth and scoring (shared by SDSEvaluator and tools/evaluate_sds.py)
 # --------------------------------------------------------------------------------------------
-def gt_from_dataset_dicts(dataset_dicts: Sequence[Dict[str, Any]]) -> Dict[Any, Dict[str, Any]]:
+def _gt_mask(segm: Any, rec: Dict[str, Any], index: int, dataset_name: str) -> Dict[str, Any]:
+    where = f"annotation {index} of image {rec['image_id']!r} ({rec.get('file_name', '?')})"
+    if dataset_name:
+        where += f" in dataset {dataset_name!r}"
+    if not segm:
+        raise ValueError(
+            f"{where} has no 'segmentation': AP^r needs a GT mask (polygons or RLE) per instance."
+        )
+    try:
+        return _to_rle(segm, int(rec["height"]), int(rec["width"]))
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ValueError(f"{where}: unreadable 'segmentation' ({e}).") from e
+
+
+def gt_from_dataset_dicts(
+    dataset_dicts: Sequence[Dict[str, Any]], dataset_name: str = ""
+) -> Dict[Any, Dict[str, Any]]:
     """Index the GT of detectron2 dataset dicts by ``image_id``.
+
+    Crowd annotations (``iscrowd`` 1, as in COCO-format datasets) are no instances: their pixels
+    join the image's void region, like VOC's 255 pixels (see ``void_mode``).
 
     Args:
         dataset_dicts: records with ``image_id``, ``height``, ``width``, ``annotations`` (each with
-            ``segmentation`` as RLE dict or polygons, ``category_id`` (contiguous, 0-based),
-            ``bbox`` and ``bbox_mode``), and optionally ``void_segmentation`` (RLE of the void
+            ``segmentation`` as polygons, compressed RLE (``str`` or ``bytes`` counts) or
+            uncompressed RLE, ``category_id`` (contiguous, 0-based), ``bbox``, ``bbox_mode`` and
+            optionally ``iscrowd``), and optionally ``void_segmentation`` (RLE of the void
             pixels, as the VOC loader writes it).
+        dataset_name: the dataset's name, for error messages.
 
     Returns:
         ``{image_id: {"height", "width", "masks": G RLEs, "labels": (G,) int64,
         "boxes": (G, 4) float64 XYXY, "void": RLE or None}}``.
+
+    Raises:
+        ValueError: an instance without a mask or with an unreadable one (naming the image).
     """
     out: Dict[Any, Dict[str, Any]] = {}
     for rec in dataset_dicts:
         h, w = int(rec["height"]), int(rec["width"])
-        anns = rec.get("annotations", [])
+        anns, crowd = [], []
+        for i, a in enumerate(rec.get("annotations", [])):
+            if not a.get("iscrowd", 0):
+                anns.append((i, a))
+            elif a.get("segmentation"):
+                crowd.append(_gt_mask(a["segmentation"], rec, i, dataset_name))
         boxes = [
             BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
-            for a in anns
+            for _, a in anns
         ]
         void = rec.get("void_segmentation")
+        void_rles = ([] if void is None else [_to_rle(void, h, w)]) + crowd
+        if len(void_rles) > 1:
+            void_rles = [_rle_to_json(mask_util.merge(void_rles, intersect=False))]
         out[rec["image_id"]] = {
             "height": h,
             "width": w,
-            "masks": [_to_rle(a["segmentation"], h, w) for a in anns],
-            "labels": np.array([a["category_id"] for a in anns], dtype=np.int64),
+            "masks": [_gt_mask(a.get("segmentation"), rec, i, dataset_name) for i, a in anns],
+            "labels": np.array([a["category_id"] for _, a in anns], dtype=np.int64),
             "boxes": np.array(boxes, dtype=np.float64).reshape(-1, 4),
-            "void": None if void is None else _to_rle(void, h, w),
+            "void": void_rles[0] if void_rles else None,
         }
     return out
 
@@ -430,7 +464,11 @@ class SDSEvaluator(DatasetEvaluator):
         self._use_07_metric = use_07_metric
         self._void_mode = void_mode
         self._mask_threshold = mask_threshold
-        self._class_names: List[str] = list(MetadataCatalog.get(dataset_name).thing_classes)
+        meta = MetadataCatalog.get(dataset_name)
+        if not meta.get("thing_classes", None):
+            # COCO-format datasets set thing_classes when their json is first read.
+            DatasetCatalog.get(dataset_name)
+        self._class_names: List[str] = list(meta.thing_classes)
         self._predictions: List[Dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -498,7 +536,7 @@ class SDSEvaluator(DatasetEvaluator):
                 self._dataset_name,
             )
 
-        gt = gt_from_dataset_dicts(DatasetCatalog.get(self._dataset_name))
+        gt = gt_from_dataset_dicts(DatasetCatalog.get(self._dataset_name), self._dataset_name)
         raw = score_predictions(
             predictions,
             gt,

@@ -1,14 +1,20 @@
 """R2-IOS model parts, registered in detectron2's registries on import.
 
 - ``build_r2ios_vgg_backbone`` (BACKBONE_REGISTRY): :class:`VGG16TwoBranch`;
-- ``InstanceAwareAEMaskHead`` (ROI_MASK_HEAD_REGISTRY);
+- ``InstanceAwareAEMaskHead``, ``R2IOSConvMaskHead``, ``R2IOSFCMaskHead``
+  (ROI_MASK_HEAD_REGISTRY; :class:`R2IOSMaskHead` is their base);
 - :class:`SegAwareFastRCNNOutputLayers`, the seg-aware box predictor;
 - ``R2IOSROIHeads`` (ROI_HEADS_REGISTRY).
 """
 
 from .backbone_vgg import VGG16TwoBranch, build_r2ios_vgg_backbone
 from .box_head import SegAwareFastRCNNOutputLayers
-from .mask_head import InstanceAwareAEMaskHead
+from .mask_head import (
+    InstanceAwareAEMaskHead,
+    R2IOSConvMaskHead,
+    R2IOSFCMaskHead,
+    R2IOSMaskHead,
+)
 from .roi_heads import R2IOSROIHeads, reframe_masks, scale_trace_boxes
 
 __all__ = [
@@ -16,6 +22,9 @@ __all__ = [
     "build_r2ios_vgg_backbone",
     "SegAwareFastRCNNOutputLayers",
     "InstanceAwareAEMaskHead",
+    "R2IOSConvMaskHead",
+    "R2IOSFCMaskHead",
+    "R2IOSMaskHead",
     "R2IOSROIHeads",
     "reframe_masks",
     "scale_trace_boxes",

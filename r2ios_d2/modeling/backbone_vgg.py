@@ -35,6 +35,10 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+# Normalisation after every conv: none (VGG-16 as published) or GroupNorm.
+VGG_NORMS = ("", "GN")
+
+
 class VGG16TwoBranch(Backbone):
     """VGG-16 trunk with a detection branch (stride 16) and a segmentation branch (stride 8).
 
@@ -76,8 +80,8 @@ class VGG16TwoBranch(Backbone):
         for name in out_features:
             if name not in ("det", "seg"):
                 raise ValueError(f"Unknown VGG output feature {name!r}; expected 'det' or 'seg'")
-        if norm not in ("", "GN"):
-            raise ValueError(f"MODEL.VGG.NORM must be '' or 'GN', got {norm!r}")
+        if norm not in VGG_NORMS:
+            raise ValueError(f"MODEL.VGG.NORM must be one of {VGG_NORMS}, got {norm!r}")
         self._norm = norm
         if not 0 <= freeze_at <= 6:
             raise ValueError(f"freeze_at must be in [0, 6], got {freeze_at}")

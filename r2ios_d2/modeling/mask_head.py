@@ -1,11 +1,21 @@
-"""Segmentation sub-network head of R2-IOS: confidence maps and instance-aware autoencoder.
+"""Segmentation sub-network heads of R2-IOS: confidence maps and the instance-aware autoencoder.
 
 The paper pools 40x40 features per box, scores them with 1x1 convs into 2-channel confidence
 maps ``C`` and maps ``vec(C)`` through an autoencoder to the dominant-instance mask ``v``.
 The 1x1 scoring conv is linear and RoIAlign is a (bilinear) linear average, so they commute:
-this head scores the whole feature map once per image and pools 40x40 from the 2-channel map
+these heads score the whole feature map once per image and pool 40x40 from the 2-channel map
 ("score first, pool after", DESIGN 2.2). Identical inside the image, ~C_in/2 times less memory
 and compute per box, and the scored map is reused by every recursive iteration.
+
+Three heads share that base (:class:`R2IOSMaskHead`) and differ in how ``v`` comes from ``C``
+(Table 2 of the paper); each is registered in ``ROI_MASK_HEAD_REGISTRY`` and chosen by
+``MODEL.ROI_MASK_HEAD.NAME``:
+
+- ``InstanceAwareAEMaskHead``: ``v = ae_fc2(relu(ae_fc1(vec(C))))``, a bottleneck of
+  ``ae_hidden_dim`` (the paper's R2-IOS);
+- ``R2IOSConvMaskHead``: ``v = C`` ("w/o autoencoder");
+- ``R2IOSFCMaskHead``: ``v = fc2(relu(fc1(vec(C))))`` with two ``2*M*M`` wide layers ("fully
+  w/o autoencoder", no bottleneck).
 """
 
 import logging
@@ -20,23 +30,34 @@ from detectron2.structures import Boxes
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["InstanceAwareAEMaskHead", "MASK_VARIANTS"]
+__all__ = [
+    "InstanceAwareAEMaskHead",
+    "R2IOSConvMaskHead",
+    "R2IOSFCMaskHead",
+    "R2IOSMaskHead",
+    "r2ios_mask_head_names",
+]
 
 logger = logging.getLogger(__name__)
 
-MASK_VARIANTS = ("ae", "conv", "fc")
+
+def r2ios_mask_head_names() -> List[str]:
+    """Names of the registered R2-IOS mask heads (the values ``MODEL.ROI_MASK_HEAD.NAME``
+    may take with ``R2IOSROIHeads``), sorted."""
+    return sorted(
+        name
+        for name, obj in ROI_MASK_HEAD_REGISTRY
+        if isinstance(obj, type) and issubclass(obj, R2IOSMaskHead)
+    )
 
 
-@ROI_MASK_HEAD_REGISTRY.register()
-class InstanceAwareAEMaskHead(nn.Module):
-    """Confidence maps ``C`` (2 x M x M, pooled from the scored feature map) and the mask
-    logits ``v`` (2 x M x M; channel 0 = background, 1 = dominant foreground instance).
+class R2IOSMaskHead(nn.Module):
+    """Base of the R2-IOS mask heads: the 1x1 scoring conv, the M x M pooler of the scored
+    maps (``C``, 2 x M x M) and the mask logits ``v`` = :meth:`layers` (``C``) (2 x M x M;
+    channel 0 = background, 1 = dominant foreground instance).
 
-    Variants (``MODEL.R2IOS.MASK_VARIANT``, Table 2 of the paper):
-
-    - ``"ae"``: ``v = ae_fc2(relu(ae_fc1(vec(C))))`` with a bottleneck of ``ae_hidden_dim``;
-    - ``"conv"``: ``v = C`` (no autoencoder);
-    - ``"fc"``: ``v = fc2(relu(fc1(vec(C))))`` with two ``2*M*M`` wide layers (no bottleneck).
+    Subclasses create their layers after ``super().__init__`` and then call
+    :meth:`_init_weights`.
     """
 
     @configurable
@@ -46,11 +67,8 @@ class InstanceAwareAEMaskHead(nn.Module):
         *,
         in_features: Sequence[str],
         mask_size: int = 40,
-        variant: str = "ae",
-        ae_hidden_dim: int = 512,
         pooler_sampling_ratio: int = 2,
         pooler_type: str = "ROIAlignV2",
-        init_std: float = 0.001,
     ):
         """
         Args:
@@ -58,25 +76,27 @@ class InstanceAwareAEMaskHead(nn.Module):
             in_features: names of the feature maps to score and pool (one, or an FPN pyramid,
                 in which case the pooler assigns each box to a level).
             mask_size: M, side of the confidence maps and masks.
-            variant: ``"ae"``, ``"conv"`` or ``"fc"``.
-            ae_hidden_dim: bottleneck width of the autoencoder (paper: 512).
             pooler_sampling_ratio: RoIAlign sampling ratio (0 = adaptive).
             pooler_type: a :class:`ROIPooler` type; must be a bilinear one ("ROIAlign",
                 "ROIAlignV2") for scoring before pooling to be exact.
-            init_std: std of the normal init of every weight (biases 0).
         """
         super().__init__()
-        if variant not in MASK_VARIANTS:
-            raise ValueError(f"MASK_VARIANT must be one of {MASK_VARIANTS}, got {variant!r}")
         if pooler_type not in ("ROIAlign", "ROIAlignV2"):
             # Max pooling does not commute with the 1x1 conv: scoring first would change it.
             raise ValueError(f"Score-then-pool needs a bilinear pooler, got {pooler_type!r}")
+        if mask_size < 1:
+            raise ValueError(f"mask_size must be >= 1, got {mask_size}")
         self.in_features = list(in_features)
+        missing = [f for f in self.in_features if f not in input_shape]
+        if not self.in_features or missing:
+            raise ValueError(
+                f"Mask in_features {self.in_features} must be non-empty backbone outputs "
+                f"({sorted(input_shape)})"
+            )
         channels = {input_shape[f].channels for f in self.in_features}
         if len(channels) != 1:
             raise ValueError(f"Mask in_features must share a channel count, got {channels}")
         self.mask_size = mask_size
-        self.variant = variant
         self.score = nn.Conv2d(channels.pop(), 2, kernel_size=1)
         self.pooler = ROIPooler(
             output_size=mask_size,
@@ -84,13 +104,9 @@ class InstanceAwareAEMaskHead(nn.Module):
             sampling_ratio=pooler_sampling_ratio,
             pooler_type=pooler_type,
         )
-        dim = 2 * mask_size * mask_size
-        if variant == "ae":
-            self.ae_fc1 = nn.Linear(dim, ae_hidden_dim)
-            self.ae_fc2 = nn.Linear(ae_hidden_dim, dim)
-        elif variant == "fc":
-            self.fc1 = nn.Linear(dim, dim)
-            self.fc2 = nn.Linear(dim, dim)
+
+    def _init_weights(self, init_std: float) -> None:
+        """Normal init of every conv/linear weight with std ``init_std``; biases 0."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(m.weight, std=init_std)
@@ -101,7 +117,7 @@ class InstanceAwareAEMaskHead(nn.Module):
         r = cfg.MODEL.R2IOS
         in_features = [f for f in r.MASK_IN_FEATURES if f in input_shape]
         if len(in_features) != len(r.MASK_IN_FEATURES):
-            # Lets a Mask R-CNN config switch to R2IOSROIHeads by ROI_HEADS.NAME alone.
+            # Lets a Mask R-CNN config switch to R2IOSROIHeads by the heads' names alone.
             in_features = [f for f in cfg.MODEL.ROI_HEADS.IN_FEATURES if f in input_shape]
             logger.warning(
                 "MODEL.R2IOS.MASK_IN_FEATURES %s are not all backbone outputs %s; the mask "
@@ -114,8 +130,6 @@ class InstanceAwareAEMaskHead(nn.Module):
             "input_shape": input_shape,
             "in_features": in_features,
             "mask_size": r.MASK_SIZE,
-            "variant": r.MASK_VARIANT,
-            "ae_hidden_dim": r.AE_HIDDEN_DIM,
             "pooler_sampling_ratio": r.MASK_POOLER_SAMPLING_RATIO,
             "init_std": r.MASK_INIT_STD,
         }
@@ -148,7 +162,7 @@ class InstanceAwareAEMaskHead(nn.Module):
             scored: output of :meth:`score_maps`.
             boxes: one ``Boxes`` per image (R_i boxes, input-image coordinates).
             confidence_maps: if a list is given, the pooled confidence maps ``C``
-                (R, 2, M, M) are appended to it (for inspection and tests).
+                (R, 2, M, M) are appended to it (for the auxiliary loss and inspection).
 
         Returns:
             (R, 2, M, M) logits ``v`` (R = sum R_i, images in order); channel 1 = foreground.
@@ -156,14 +170,11 @@ class InstanceAwareAEMaskHead(nn.Module):
         c = self.pooler(scored, boxes)
         if confidence_maps is not None:
             confidence_maps.append(c)
-        if self.variant == "conv":
-            return c
-        x = c.flatten(1)
-        if self.variant == "ae":
-            x = self.ae_fc2(F.relu(self.ae_fc1(x)))
-        else:
-            x = self.fc2(F.relu(self.fc1(x)))
-        return x.view_as(c)
+        return self.layers(c)
+
+    def layers(self, c: torch.Tensor) -> torch.Tensor:
+        """``v`` from the pooled confidence maps ``C``, both (R, 2, M, M)."""
+        raise NotImplementedError
 
     @staticmethod
     def per_roi_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -191,3 +202,82 @@ class InstanceAwareAEMaskHead(nn.Module):
             (R, M, M) probabilities of channel 1.
         """
         return F.softmax(logits, dim=1)[:, 1]
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class InstanceAwareAEMaskHead(R2IOSMaskHead):
+    """The paper's head: the instance-aware denoising autoencoder
+    ``v = ae_fc2(relu(ae_fc1(vec(C))))`` (2*M*M -> ``ae_hidden_dim`` -> 2*M*M)."""
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        ae_hidden_dim: int = 512,
+        init_std: float = 0.001,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_shape, kwargs: as :class:`R2IOSMaskHead`.
+            ae_hidden_dim: bottleneck width of the autoencoder (paper: 512).
+            init_std: std of the normal init of every weight (biases 0; paper: 0.001).
+        """
+        # By keyword: a LazyConfig may pass input_shape as a DictConfig, which @configurable
+        # would take for a config if it came first.
+        super().__init__(input_shape=input_shape, **kwargs)
+        if ae_hidden_dim < 1:
+            raise ValueError(f"ae_hidden_dim must be >= 1, got {ae_hidden_dim}")
+        self.ae_fc1 = nn.Linear(self.output_dim, ae_hidden_dim)
+        self.ae_fc2 = nn.Linear(ae_hidden_dim, self.output_dim)
+        self._init_weights(init_std)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
+        return {
+            **super().from_config(cfg, input_shape),
+            "ae_hidden_dim": cfg.MODEL.R2IOS.AE_HIDDEN_DIM,
+        }
+
+    def layers(self, c: torch.Tensor) -> torch.Tensor:
+        return self.ae_fc2(F.relu(self.ae_fc1(c.flatten(1)))).view_as(c)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class R2IOSConvMaskHead(R2IOSMaskHead):
+    """ "w/o autoencoder" (Table 2): the mask logits are the confidence maps, ``v = C``."""
+
+    @configurable
+    def __init__(self, input_shape: Dict[str, ShapeSpec], *, init_std: float = 0.001, **kwargs):
+        """
+        Args:
+            input_shape, kwargs: as :class:`R2IOSMaskHead`.
+            init_std: std of the normal init of the scoring conv (bias 0).
+        """
+        super().__init__(input_shape=input_shape, **kwargs)
+        self._init_weights(init_std)
+
+    def layers(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class R2IOSFCMaskHead(R2IOSMaskHead):
+    """ "fully w/o autoencoder" (Table 2): two fully connected 2*M*M layers, no bottleneck,
+    ``v = fc2(relu(fc1(vec(C))))``."""
+
+    @configurable
+    def __init__(self, input_shape: Dict[str, ShapeSpec], *, init_std: float = 0.001, **kwargs):
+        """
+        Args:
+            input_shape, kwargs: as :class:`R2IOSMaskHead`.
+            init_std: std of the normal init of every weight (biases 0).
+        """
+        super().__init__(input_shape=input_shape, **kwargs)
+        self.fc1 = nn.Linear(self.output_dim, self.output_dim)
+        self.fc2 = nn.Linear(self.output_dim, self.output_dim)
+        self._init_weights(init_std)
+
+    def layers(self, c: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(c.flatten(1)))).view_as(c)

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec, batched_nms, cat
-from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling import ROI_HEADS_REGISTRY, ROI_MASK_HEAD_REGISTRY, build_mask_head
-from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling import ROI_HEADS_REGISTRY, build_mask_head
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import StandardROIHeads, build_box_head
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -28,93 +28,34 @@ from torch.nn import functional as F
 
 from ..config_checks import validate_r2ios_config
 from .box_head import SegAwareFastRCNNOutputLayers
-from .mask_head import InstanceAwareAEMaskHead
+from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
+from .postprocessing import (
+    attach_trace,
+    class_wise_nms,
+    per_class_candidates,
+    proposal_candidates,
+    scale_trace_boxes,
+)
+from .recursion import (
+    BestIteration,
+    IterationTrace,
+    clip_boxes,
+    flatten_proposals,
+    gate_iterations,
+    refine_boxes,
+    reframe_masks,
+    split_by_image,
+)
 
 __all__ = ["R2IOSROIHeads", "reframe_masks", "scale_trace_boxes"]
 
 logger = logging.getLogger(__name__)
 
-# Refined boxes with a side below this many pixels are rejected (the box stays where it was).
-_MIN_BOX_SIDE = 1.0
-# Mask-IoU NMS compares masks pasted on a grid whose longer side is at most this many pixels
-# (the masks themselves are only MASK_SIZE wide, so a finer grid adds little).
-_MASK_NMS_MAX_SIDE = 320
-
-
-def reframe_masks(masks: torch.Tensor, src_boxes: torch.Tensor, dst_boxes: torch.Tensor):
-    """Resample box-relative masks from the frame of ``src_boxes`` into that of ``dst_boxes``.
-
-    Pixel (i, j) of an M x M mask covers the cell ``[j, j+1) x [i, i+1)`` of the box divided
-    into M x M cells, as in detectron2's ``paste_masks_in_image``. Values are sampled
-    bilinearly at the destination cell centres; outside the source box they are 0.
-
-    Args:
-        masks: (N, M, M) masks (e.g. probabilities) in the frame of ``src_boxes``.
-        src_boxes: (N, 4) XYXY boxes the masks were predicted in.
-        dst_boxes: (N, 4) XYXY boxes to express them in.
-
-    Returns:
-        (N, M, M) masks in the frame of ``dst_boxes``.
-    """
-    n, m = masks.shape[0], masks.shape[-1]
-    if n == 0:
-        return masks.clone()
-    src = src_boxes.to(masks.dtype)
-    dst = dst_boxes.to(masks.dtype)
-    centres = (torch.arange(m, device=masks.device, dtype=masks.dtype) + 0.5) / m  # (M,)
-    grids = []
-    for lo, hi in ((0, 2), (1, 3)):  # x, then y
-        pos = dst[:, lo, None] + centres[None] * (dst[:, hi] - dst[:, lo])[:, None]  # (N, M)
-        # Degenerate source boxes would divide by zero; such masks sample (almost) nothing.
-        size = (src[:, hi] - src[:, lo]).clamp(min=1e-6)[:, None]
-        grids.append((pos - src[:, lo, None]) / size * 2.0 - 1.0)
-    gx, gy = grids
-    grid = torch.stack([gx[:, None, :].expand(n, m, m), gy[:, :, None].expand(n, m, m)], dim=-1)
-    out = F.grid_sample(
-        masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    return out[:, 0]
-
-
-def scale_trace_boxes(
-    trace_boxes: torch.Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]
-) -> torch.Tensor:
-    """Map ``trace_boxes`` from the network-input image to another resolution.
-
-    ``detector_postprocess`` rescales ``pred_boxes`` to the original image but leaves extra
-    fields alone, so ``trace_boxes`` stay in the frame of the (resized) network input.
-
-    Args:
-        trace_boxes: (N, T, 4) XYXY boxes in an image of size ``from_size`` (H, W).
-        from_size: (H, W) of the network input image (``images.image_sizes[i]``).
-        to_size: (H, W) to map to (e.g. the dataset dict's ``height``, ``width``).
-
-    Returns:
-        (N, T, 4) boxes in the ``to_size`` frame.
-    """
-    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    return trace_boxes * trace_boxes.new_tensor([sx, sy, sx, sy])
-
-
-def _clip(boxes: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:
-    """Clip (R, 4) XYXY boxes to per-row image sizes ``hw`` (R, 2) = (H, W)."""
-    h, w = hw[:, 0].to(boxes.dtype), hw[:, 1].to(boxes.dtype)
-    zero = torch.zeros_like(w)
-    return torch.stack(
-        [
-            torch.minimum(torch.maximum(boxes[:, 0], zero), w),
-            torch.minimum(torch.maximum(boxes[:, 1], zero), h),
-            torch.minimum(torch.maximum(boxes[:, 2], zero), w),
-            torch.minimum(torch.maximum(boxes[:, 3], zero), h),
-        ],
-        dim=1,
-    )
-
-
-def _split_by_image(boxes: torch.Tensor, image_idx: torch.Tensor, num_images: int) -> List[Boxes]:
-    """Per-image ``Boxes`` of image-ordered rows (``image_idx`` non-decreasing)."""
-    counts = torch.bincount(image_idx, minlength=num_images).tolist()
-    return [Boxes(b) for b in boxes.split(counts)]
+# The choices of the string arguments (the config validator reads them from here).
+GATE_SCORES = ("all", "foreground")
+OUTPUT_MODES = ("proposal", "per_class")
+NMS_TYPES = ("box", "mask")
+MASK_LOSS_NORMALIZERS = ("fg", "rois")
 
 
 def _put_scalar(name: str, value: float) -> None:
@@ -124,6 +65,45 @@ def _put_scalar(name: str, value: float) -> None:
     except AssertionError:
         return
     storage.put_scalar(name, value)
+
+
+class _TrainingRows:
+    """The sampled proposals of a training batch as image-ordered rows: boxes, images and
+    labels, the foreground subset with its ground truth (F rows)."""
+
+    def __init__(self, proposals: List[Instances], num_classes: int) -> None:
+        k = num_classes
+        self.num_images = len(proposals)
+        self.boxes, self.image_idx, self.hw = flatten_proposals(proposals, "proposal_boxes")
+        self.num_rois = max(len(self.boxes), 1)
+        self.gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        gt_boxes = cat(
+            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals]
+        )
+        self.fg_idx = torch.nonzero((self.gt_classes >= 0) & (self.gt_classes < k)).squeeze(1)
+        self.bg_rows = self.gt_classes == k  # ignored (-1) rows count nowhere
+        self.fg_cls = self.gt_classes[self.fg_idx]
+        self.fg_gt_boxes = gt_boxes[self.fg_idx]
+        self.fg_image = self.image_idx[self.fg_idx]
+        self.fg_per_image = torch.bincount(self.fg_image, minlength=self.num_images).tolist()
+        self.fg_masks = []  # per image: the matched GT instance of each foreground proposal
+        for p, n in zip(proposals, self.fg_per_image):
+            local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < k)).squeeze(1)
+            self.fg_masks.append(p.gt_masks[local] if n > 0 else None)
+
+    def mask_targets(
+        self, boxes: torch.Tensor, size: int, device: torch.device
+    ) -> Optional[torch.Tensor]:
+        """(F, size, size) mask targets: each foreground row's matched instance in the frame
+        of its box in ``boxes`` (F, 4); None without foreground rows."""
+        if len(self.fg_idx) == 0:
+            return None
+        targets = [
+            m.crop_and_resize(b, size)
+            for m, b in zip(self.fg_masks, boxes.split(self.fg_per_image))
+            if m is not None
+        ]
+        return cat(targets).to(device)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -151,7 +131,7 @@ class R2IOSROIHeads(StandardROIHeads):
         box_pooler: nn.Module,
         box_head: nn.Module,
         box_predictor: SegAwareFastRCNNOutputLayers,
-        mask_head: InstanceAwareAEMaskHead,
+        mask_head: R2IOSMaskHead,
         num_iterations: int = 4,
         test_num_iterations: int = 4,
         gate: bool = False,
@@ -217,10 +197,10 @@ class R2IOSROIHeads(StandardROIHeads):
             **kwargs,
         )
         checks = {
-            "gate_score": (gate_score, ("all", "foreground")),
-            "output_mode": (output_mode, ("proposal", "per_class")),
-            "nms_type": (nms_type, ("box", "mask")),
-            "mask_loss_normalizer": (mask_loss_normalizer, ("fg", "rois")),
+            "gate_score": (gate_score, GATE_SCORES),
+            "output_mode": (output_mode, OUTPUT_MODES),
+            "nms_type": (nms_type, NMS_TYPES),
+            "mask_loss_normalizer": (mask_loss_normalizer, MASK_LOSS_NORMALIZERS),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -277,10 +257,28 @@ class R2IOSROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
-        ret = super()._init_box_head(cfg, input_shape)
-        # Same pooler and FastRCNNConvFCHead (fc1/fc2 = VGG fc6/fc7); only the predictor differs.
-        ret["box_predictor"] = SegAwareFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
-        return ret
+        # StandardROIHeads' pooler and box head (FastRCNNConvFCHead: fc1/fc2 = VGG fc6/fc7)
+        # with the seg-aware predictor; built here, not by super(), which would also build
+        # (and draw the random init of) a stock predictor only to discard it.
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        box = cfg.MODEL.ROI_BOX_HEAD
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"ROI_HEADS.IN_FEATURES must share a channel count, got {channels}")
+        res = box.POOLER_RESOLUTION
+        pooler = ROIPooler(
+            output_size=res,
+            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+            sampling_ratio=box.POOLER_SAMPLING_RATIO,
+            pooler_type=box.POOLER_TYPE,
+        )
+        head = build_box_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res))
+        return {
+            "box_in_features": in_features,
+            "box_pooler": pooler,
+            "box_head": head,
+            "box_predictor": SegAwareFastRCNNOutputLayers(cfg, head.output_shape),
+        }
 
     @classmethod
     def _init_mask_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
@@ -288,12 +286,12 @@ class R2IOSROIHeads(StandardROIHeads):
             # v feeds the seg-aware features and the outputs: R2-IOS always segments.
             raise ValueError("R2IOSROIHeads needs MODEL.MASK_ON=True (ground-truth masks)")
         name = cfg.MODEL.ROI_MASK_HEAD.NAME
-        if issubclass(ROI_MASK_HEAD_REGISTRY.get(name), InstanceAwareAEMaskHead):
-            head = build_mask_head(cfg, input_shape)
-        else:
-            # e.g. a Mask R-CNN config that only switched ROI_HEADS.NAME.
-            logger.info("ROI_MASK_HEAD.NAME=%s ignored: R2IOSROIHeads uses its own head", name)
-            head = InstanceAwareAEMaskHead(cfg, input_shape)
+        if name not in r2ios_mask_head_names():
+            raise ValueError(
+                f"R2IOSROIHeads needs an R2-IOS mask head: MODEL.ROI_MASK_HEAD.NAME must be one "
+                f"of {r2ios_mask_head_names()}, got {name!r}"
+            )
+        head = build_mask_head(cfg, input_shape)
         return {"mask_head": head}
 
     # ----------------------------------------------------------------------------- forward
@@ -338,44 +336,11 @@ class R2IOSROIHeads(StandardROIHeads):
         logits, deltas = self.box_predictor(x, v)
         return logits, deltas, v
 
-    def _decode(self, deltas: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor):
-        """Apply the deltas of the given classes (R,) in [0, K) to boxes (R, 4)."""
-        if deltas.shape[1] > 4:  # class-specific regression
-            deltas = deltas.view(len(deltas), deltas.shape[1] // 4, 4)
-            deltas = deltas[torch.arange(len(deltas)), classes]
-        return self.box_predictor.box2box_transform.apply_deltas(deltas, boxes)
-
     def _refine(
         self, deltas: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, hw: torch.Tensor
     ) -> torch.Tensor:
-        """``l_t = decode(l_{t-1}, o_{t,c})`` clipped to the image; a box that would collapse
-        (a side under ``_MIN_BOX_SIDE`` px, e.g. moved off the image by a wild early
-        prediction) keeps ``l_{t-1}``, as its targets and pooling would be undefined.
-
-        Args:
-            deltas: (R, 4K or 4) predicted deltas; boxes: (R, 4) ``l_{t-1}``;
-            classes: (R,) in [0, K); hw: (R, 2) image (H, W) of each row.
-
-        Returns:
-            (R, 4) ``l_t``.
-        """
-        new = _clip(self._decode(deltas, boxes, classes), hw)
-        ok = ((new[:, 2:] - new[:, :2]) >= _MIN_BOX_SIDE).all(dim=1, keepdim=True)
-        return torch.where(ok, new, boxes)
-
-    @staticmethod
-    def _flatten(proposals: List[Instances], field: str):
-        """Concatenated boxes, per-row image index and per-row (H, W) of image-ordered rows."""
-        boxes = cat([getattr(p, field).tensor for p in proposals], dim=0)
-        device = boxes.device
-        image_idx = torch.cat(
-            [
-                torch.full((len(p),), i, dtype=torch.long, device=device)
-                for i, p in enumerate(proposals)
-            ]
-        )
-        sizes = torch.tensor([p.image_size for p in proposals], device=device).view(-1, 2)
-        return boxes, image_idx, sizes[image_idx]
+        """``l_t`` from ``l_{t-1}`` (see :func:`r2ios_d2.modeling.recursion.refine_boxes`)."""
+        return refine_boxes(self.box_predictor.box2box_transform, deltas, boxes, classes, hw)
 
     # ---------------------------------------------------------------------------- training
     def forward_train(
@@ -390,111 +355,120 @@ class R2IOSROIHeads(StandardROIHeads):
                 ``gt_masks`` (output of :meth:`label_and_sample_proposals`).
 
         Returns:
-            ``loss_cls``, ``loss_box_reg``, ``loss_mask``: sums over the iterations, each
-            iteration normalised like one Fast R-CNN step (by the number of sampled RoIs;
-            the mask loss by ``mask_loss_normalizer``).
+            ``loss_cls``, ``loss_box_reg``, ``loss_mask`` (and ``loss_mask_conf``): sums over
+            the iterations, each iteration normalised like one Fast R-CNN step (by the number
+            of sampled RoIs; the mask losses by ``mask_loss_normalizer``).
         """
-        num_images, K, T = len(proposals), self.num_classes, self.num_iterations
         box_features = [features[f] for f in self.box_in_features]
         scored = self.mask_head.score_maps(features)
-        boxes, image_idx, hw = self._flatten(proposals, "proposal_boxes")
-        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
-        gt_boxes = cat(
-            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals]
-        )
-        num_rois = max(len(boxes), 1)
-        fg_idx = torch.nonzero((gt_classes >= 0) & (gt_classes < K)).squeeze(1)
-        bg_rows = gt_classes == K  # ignored (-1) rows count nowhere
-        fg_cls, fg_gt_boxes, fg_image = gt_classes[fg_idx], gt_boxes[fg_idx], image_idx[fg_idx]
-        fg_per_image = torch.bincount(fg_image, minlength=num_images).tolist()
-        fg_masks = []  # per image: the matched GT instance of each foreground proposal
-        for p, n in zip(proposals, fg_per_image):
-            local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < K)).squeeze(1)
-            fg_masks.append(p.gt_masks[local] if n > 0 else None)
-
-        # Iteration 1 runs every sampled proposal; background ones never move, so their later
-        # iterations would repeat it exactly: they are computed once and weighted (DESIGN 2.4).
+        rows = _TrainingRows(proposals, self.num_classes)
         conf: Optional[List[torch.Tensor]] = [] if self.conf_loss_weight > 0 else None
+        iters, bg_ce, v_first = self._train_iterations(box_features, scored, rows, conf)
+        t_prime = self._train_gate(iters, rows)
+        totals = self._train_losses(iters, bg_ce, t_prime, rows, with_conf=conf is not None)
+        self._probe_gradients(totals, scored, [v_first] + [it[3] for it in iters[1:]])
+        return totals
+
+    def _train_iterations(
+        self,
+        box_features: List[torch.Tensor],
+        scored: List[torch.Tensor],
+        rows: "_TrainingRows",
+        conf: Optional[List[torch.Tensor]],
+    ) -> Tuple[list, torch.Tensor, torch.Tensor]:
+        """Run the T iterations of training.
+
+        Iteration 1 runs every sampled proposal; background ones never move, so their later
+        iterations would repeat it exactly: they are computed once and weighted (DESIGN 2.4).
+
+        Returns:
+            per iteration, the foreground rows' ``(l_{t-1}, logits, deltas, v, C or None)``;
+            the summed cross-entropy of the background rows; ``v`` of iteration 1 for all rows.
+        """
         logits, deltas, v = self._predict(
-            box_features, scored, _split_by_image(boxes, image_idx, num_images), conf
+            box_features, scored, split_by_image(rows.boxes, rows.image_idx, rows.num_images), conf
         )
-        v_first = v  # all sampled rows; background rows reach the losses only here
-        bg_ce = F.cross_entropy(logits[bg_rows], gt_classes[bg_rows], reduction="sum")
+        bg = rows.bg_rows
+        bg_ce = F.cross_entropy(logits[bg], rows.gt_classes[bg], reduction="sum")
         _put_scalar(
             "r2ios/cls_accuracy_t1",
-            (logits.argmax(1) == gt_classes).float().mean().item() if len(logits) else 0.0,
+            (logits.argmax(1) == rows.gt_classes).float().mean().item() if len(logits) else 0.0,
         )
-        # per iteration, the foreground rows: (in_boxes, logits, deltas, v, C or None)
-        iters = []
-        cur = boxes[fg_idx]
-        iters.append(
-            (cur, logits[fg_idx], deltas[fg_idx], v[fg_idx], conf[-1][fg_idx] if conf else None)
-        )
-        for _ in range(1, T):
-            if len(fg_idx) == 0:
-                break
+        fg = rows.fg_idx
+        cur = rows.boxes[fg]
+        iters = [(cur, logits[fg], deltas[fg], v[fg], conf[-1][fg] if conf else None)]
+        for _ in range(1, self.num_iterations if len(fg) else 1):
             with torch.no_grad():  # l_t is detached between iterations
-                cur = self._refine(iters[-1][2], cur, fg_cls, hw[fg_idx])
-            logits, deltas, v = self._predict(
-                box_features, scored, _split_by_image(cur, fg_image, num_images), conf
+                cur = self._refine(iters[-1][2], cur, rows.fg_cls, rows.hw[fg])
+            out = self._predict(
+                box_features, scored, split_by_image(cur, rows.fg_image, rows.num_images), conf
             )
-            iters.append((cur, logits, deltas, v, conf[-1] if conf else None))
+            iters.append((cur, *out, conf[-1] if conf else None))
+        return iters, bg_ce, v
 
-        # Reversible gate: t' = argmax_t p_{t,g} (first on ties); iterations after t' drop out.
-        num_fg = len(fg_idx)
+    def _train_gate(self, iters: list, rows: "_TrainingRows") -> torch.Tensor:
+        """The reversible gate: ``t' = argmax_t p_{t,g}`` (first on ties) with ``GATE``,
+        else the last iteration; iterations after ``t'`` drop out of the losses.
+
+        Returns:
+            (F,) 0-based ``t'`` of the foreground rows.
+        """
+        num_fg = len(rows.fg_idx)
         if self.gate and num_fg > 0 and len(iters) > 1:
             with torch.no_grad():
-                p_gt = torch.stack(
-                    [F.softmax(it[1], dim=1)[torch.arange(num_fg), fg_cls] for it in iters]
-                )
-                t_prime = p_gt.argmax(dim=0)  # (F,), 0-based, first maximum
+                t_prime = gate_iterations([it[1] for it in iters], rows.fg_cls)
         else:
-            t_prime = torch.full((num_fg,), len(iters) - 1, dtype=torch.long, device=boxes.device)
-        for t in range(T if num_fg else 0):  # histogram of t' over the foreground proposals
+            t_prime = torch.full(
+                (num_fg,), len(iters) - 1, dtype=torch.long, device=rows.boxes.device
+            )
+        for t in range(self.num_iterations if num_fg else 0):  # histogram of t'
             _put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
+        return t_prime
 
+    def _train_losses(
+        self,
+        iters: list,
+        bg_ce: torch.Tensor,
+        t_prime: torch.Tensor,
+        rows: "_TrainingRows",
+        with_conf: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """The losses of every iteration ``t <= t'``, summed over the iterations."""
+        num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, self.num_classes
         loss_weight = self.box_predictor.loss_weight
         mask_norm = max(num_fg, 1) if self.mask_loss_normalizer == "fg" else num_rois
         totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
-        if conf is not None:
+        if with_conf:
             totals["loss_mask_conf"] = 0.0
         for t, (in_boxes, logits_t, deltas_t, v_t, c_t) in enumerate(iters):
             counted = t_prime >= t
-            ce = F.cross_entropy(logits_t, fg_cls, reduction="none") if num_fg else logits_t[:, 0]
-            loss_cls = (ce * counted).sum()
-            if t == 0 or not self.gate:  # background rows count in every iteration without gate
-                loss_cls = loss_cls + bg_ce
+            # Background rows count in iteration 1, and in every iteration without the gate.
+            with_bg = t == 0 or not self.gate
+            ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
+            loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
+            loss_cls = loss_cls + bg_ce if with_bg else loss_cls
             # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
             # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
             loss_box = self.box_predictor.box_reg_loss(
-                in_boxes, fg_gt_boxes, deltas_t, torch.where(counted, fg_cls, K)
+                in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
             ) * (num_fg / num_rois)
-            targets = [
-                m.crop_and_resize(b, self.mask_head.mask_size)
-                for m, b in zip(fg_masks, in_boxes.split(fg_per_image))
-                if m is not None
-            ]
-            mask_targets = cat(targets).to(v_t.device) if num_fg else None
+            targets = rows.mask_targets(in_boxes, self.mask_head.mask_size, v_t.device)
             step = {
                 "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
                 "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
-                "loss_mask": self._mask_loss(v_t, mask_targets, counted, mask_norm)
+                "loss_mask": self._mask_loss(v_t, targets, counted, mask_norm)
                 * self.mask_loss_weight,
             }
             if c_t is not None:
                 step["loss_mask_conf"] = (
-                    self._mask_loss(c_t, mask_targets, counted, mask_norm) * self.conf_loss_weight
+                    self._mask_loss(c_t, targets, counted, mask_norm) * self.conf_loss_weight
                 )
             for k, value in step.items():
                 totals[k] = totals[k] + value
                 _put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
-            _put_scalar(
-                f"r2ios/frac_counted_t{t + 1}",
-                (counted.sum().item() + (bg_rows.sum().item() if t == 0 or not self.gate else 0))
-                / num_rois,
-            )
+            n_bg = rows.bg_rows.sum().item() if with_bg else 0
+            _put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
         _put_scalar("r2ios/frac_moving", num_fg / num_rois)
-        self._probe_gradients(totals, scored, [v_first] + [it[3] for it in iters[1:]])
         return totals
 
     def _mask_loss(
@@ -556,43 +530,64 @@ class R2IOSROIHeads(StandardROIHeads):
         Returns:
             one ``Instances`` per image (fields: see the class docstring).
         """
-        num_images, K, T = len(proposals), self.num_classes, self.test_num_iterations
         box_features = [features[f] for f in self.box_in_features]
         scored = self.mask_head.score_maps(features)
-        boxes, image_idx, hw = self._flatten(proposals, "proposal_boxes")
-        R, M, device = len(boxes), self.mask_head.mask_size, boxes.device
-        per_class = self.output_mode == "per_class"
+        boxes, image_idx, hw = flatten_proposals(proposals, "proposal_boxes")
+        best, trace = self._infer_iterations(
+            box_features, scored, boxes, image_idx, hw, len(proposals)
+        )
+        candidates = per_class_candidates if best.per_class else proposal_candidates
+        predictor = self.box_predictor
+        results = []
+        for i, p in enumerate(proposals):
+            rows = torch.nonzero(image_idx == i).squeeze(1)
+            inst, src = candidates(
+                best, rows, p.image_size, predictor.test_score_thresh, self.reframe_mask
+            )
+            if trace is not None:
+                attach_trace(inst, src, trace, boxes, best.t)
+            inst = class_wise_nms(
+                inst,
+                self.nms_type,
+                predictor.test_nms_thresh,
+                predictor.test_topk_per_image,
+                self.mask_threshold,
+            )
+            results.append(inst)
+        if self.mask_from_output_box:
+            self.forward_with_given_boxes(features, results)
+        return results
 
+    def _infer_iterations(
+        self,
+        box_features: List[torch.Tensor],
+        scored: List[torch.Tensor],
+        boxes: torch.Tensor,
+        image_idx: torch.Tensor,
+        hw: torch.Tensor,
+        num_images: int,
+    ) -> Tuple[BestIteration, Optional[Dict[str, torch.Tensor]]]:
+        """Run the T test iterations on all (R) proposals: each moves by the deltas of its
+        predicted class and keeps the iteration with the best gate score (``TEST_GATE``) or
+        its last one.
+
+        Returns:
+            the kept iteration of every proposal, and the per-iteration trace (or None).
+        """
+        K, T, M = self.num_classes, self.test_num_iterations, self.mask_head.mask_size
+        best = BestIteration(boxes, K, M, self.output_mode == "per_class")
+        trace = IterationTrace(len(boxes), T, M, boxes.device) if self.record_trace else None
         cur = boxes.clone()  # l_{t-1} of every proposal
-        best = {
-            "gate": torch.full((R,), -math.inf, device=device),
-            "t": torch.zeros(R, dtype=torch.long, device=device),
-            "cls": torch.full((R,), K, dtype=torch.long, device=device),
-            "score": torch.zeros(R, device=device),
-            "box": boxes.clone(),
-            "frame": boxes.clone(),
-            "mask": torch.zeros(R, M, M, device=device),
-        }
-        if per_class:
-            best["probs"] = torch.zeros(R, K + 1, device=device)
-            best["class_boxes"] = boxes[:, None].repeat(1, K, 1)
-        if self.record_trace:
-            trace = {
-                "boxes": torch.zeros(R, T, 4, device=device),
-                "scores": torch.zeros(R, T, device=device),
-                "classes": torch.zeros(R, T, dtype=torch.long, device=device),
-                "masks": torch.zeros(R, T, M, M, device=device),
-            }
-            last_t = torch.zeros(R, dtype=torch.long, device=device)
-        active = torch.arange(R, device=device)
-        num_active = []
+        active = torch.arange(len(boxes), device=boxes.device)
         for t in range(T):
             if len(active) == 0:
                 break
-            num_active.append(len(active))
+            # Proposals iteration t runs on (SKIP_BACKGROUND drops background ones), for the
+            # speed benchmark; skipped silently outside an EventStorage.
+            _put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
             in_boxes = cur[active]
             logits, deltas, v = self._predict(
-                box_features, scored, _split_by_image(in_boxes, image_idx[active], num_images)
+                box_features, scored, split_by_image(in_boxes, image_idx[active], num_images)
             )
             probs = F.softmax(logits, dim=1)
             score, cls = probs.max(dim=1)  # ĝ_t over K+1 classes (K = background)
@@ -603,144 +598,34 @@ class R2IOSROIHeads(StandardROIHeads):
                 deltas[moving], in_boxes[moving], cls[moving], hw[active[moving]]
             )
             mask_probs = self.mask_head.foreground_probs(v)
-            # Strictly better only: a tie keeps the earliest iteration.
-            if self.test_gate:
-                better = gate > best["gate"][active]
-            else:  # the last iteration a proposal reaches is its output
-                better = torch.ones_like(gate, dtype=torch.bool)
-            rows = active[better]
-            best["gate"][rows] = gate[better]
-            best["t"][rows] = t
-            best["cls"][rows] = cls[better]
-            best["score"][rows] = score[better]
-            best["box"][rows] = new_boxes[better]
-            best["frame"][rows] = in_boxes[better]
-            best["mask"][rows] = mask_probs[better]
-            if per_class:
-                best["probs"][rows] = probs[better]
-                sel = better.nonzero().squeeze(1)
-                n_reg = deltas.shape[1] // 4  # K (class-specific) or 1; explicit: sel may be empty
-                class_boxes = self.box_predictor.box2box_transform.apply_deltas(
-                    deltas[sel], in_boxes[sel]
-                ).view(len(sel), n_reg, 4)
-                best["class_boxes"][rows] = (
-                    _clip(class_boxes.reshape(-1, 4), hw[rows].repeat_interleave(n_reg, 0))
-                    .view(len(sel), n_reg, 4)
-                    .expand(-1, K, -1)
+            # Strictly better only: a tie keeps the earliest iteration. Without the test gate
+            # the last iteration a proposal reaches is its output.
+            better = gate > best.gate[active] if self.test_gate else torch.ones_like(moving)
+            values = dict(gate=gate, cls=cls, score=score, box=new_boxes, frame=in_boxes)
+            if best.per_class:
+                values["probs"] = probs
+                values["class_boxes"] = self._class_boxes(
+                    deltas[better], in_boxes[better], hw[active[better]]
                 )
-            if self.record_trace:
-                trace["boxes"][active, t] = new_boxes
-                trace["scores"][active, t] = gate
-                trace["classes"][active, t] = cls
-                trace["masks"][active, t] = mask_probs
-                last_t[active] = t
+            best.update(active[better], better, t, mask=mask_probs, **values)
+            if trace is not None:
+                trace.record(active, t, boxes=new_boxes, scores=gate, classes=cls, masks=mask_probs)
             cur[active] = new_boxes
             if self.skip_background:
                 # A background prediction keeps the box, so the next iteration would see the
                 # same input and repeat this one exactly (and never win the gate on a tie).
                 active = active[moving]
-        logger.debug("R2-IOS inference: active proposals per iteration %s", num_active)
-        if self.record_trace:
-            for t in range(1, T):  # fill the skipped iterations with their exact copies
-                stale = last_t < t
-                for v_ in trace.values():
-                    v_[stale, t] = v_[stale, t - 1]
+        return best, (trace.filled() if trace is not None else None)
 
-        results = []
-        for i, p in enumerate(proposals):
-            rows = torch.nonzero(image_idx == i).squeeze(1)
-            if per_class:
-                inst, src = self._per_class_candidates(best, rows, p.image_size)
-            else:
-                inst, src = self._proposal_candidates(best, rows, p.image_size)
-            if self.record_trace:
-                for k, v_ in trace.items():
-                    inst.set(f"trace_{k}", v_[src])
-                inst.trace_proposals = boxes[src]
-                inst.gate_iteration = best["t"][src]
-            results.append(self._postprocess(inst))
-        if self.mask_from_output_box:
-            self.forward_with_given_boxes(features, results)
-        return results
-
-    def _proposal_candidates(self, best: dict, rows: torch.Tensor, image_size: Tuple[int, int]):
-        """One candidate per non-background proposal (the paper's output)."""
-        keep = rows[
-            (best["cls"][rows] < self.num_classes)
-            & (best["score"][rows] > self.box_predictor.test_score_thresh)
-        ]
-        masks = best["mask"][keep]
-        if self.reframe_mask:
-            masks = reframe_masks(masks, best["frame"][keep], best["box"][keep])
-        inst = Instances(image_size)
-        inst.pred_boxes = Boxes(best["box"][keep])
-        inst.scores = best["score"][keep]
-        inst.pred_classes = best["cls"][keep]
-        inst.pred_masks = masks[:, None]
-        return inst, keep
-
-    def _per_class_candidates(self, best: dict, rows: torch.Tensor, image_size: Tuple[int, int]):
-        """Fast R-CNN style: every (proposal, foreground class) above the score threshold,
-        from the gate's iteration, with the class-specific box."""
-        probs = best["probs"][rows, : self.num_classes]
-        r, k = torch.nonzero(probs > self.box_predictor.test_score_thresh, as_tuple=True)
-        src = rows[r]
-        boxes = best["class_boxes"][src, k]
-        masks = best["mask"][src]
-        if self.reframe_mask:
-            masks = reframe_masks(masks, best["frame"][src], boxes)
-        inst = Instances(image_size)
-        inst.pred_boxes = Boxes(boxes)
-        inst.scores = probs[r, k]
-        inst.pred_classes = k
-        inst.pred_masks = masks[:, None]
-        return inst, src
-
-    def _postprocess(self, inst: Instances) -> Instances:
-        """Class-wise NMS (box or mask IoU) and the top-k detections, sorted by score."""
-        if len(inst) == 0:
-            return inst
-        boxes, scores, classes = inst.pred_boxes.tensor, inst.scores, inst.pred_classes
-        thresh = self.box_predictor.test_nms_thresh
-        if self.nms_type == "box":
-            keep = batched_nms(boxes, scores, classes, thresh)
-        else:
-            keep = self._mask_nms(inst, thresh)
-        topk = self.box_predictor.test_topk_per_image
-        if topk >= 0:
-            keep = keep[:topk]
-        return inst[keep]
-
-    def _mask_nms(self, inst: Instances, thresh: float) -> torch.Tensor:
-        """Greedy class-wise NMS on mask IoU; returns kept indices by decreasing score."""
-        h, w = inst.image_size
-        scale = min(1.0, _MASK_NMS_MAX_SIDE / max(h, w))
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        order = inst.scores.argsort(descending=True)
-        masks = (
-            paste_masks_in_image(
-                inst.pred_masks[order, 0],
-                inst.pred_boxes.tensor[order] * scale,
-                size,
-                threshold=self.mask_threshold,
-            )
-            .flatten(1)
-            .float()
-        )
-        inter = masks @ masks.T
-        area = masks.sum(1)
-        iou = inter / (area[:, None] + area[None] - inter).clamp(min=1.0)
-        classes = inst.pred_classes[order]
-        iou = iou * (classes[:, None] == classes[None]).to(iou.dtype)
-        suppress = iou > thresh
-        removed = torch.zeros(len(order), dtype=torch.bool, device=order.device)
-        keep = []
-        for a in range(len(order)):  # greedy NMS is sequential by definition
-            if removed[a]:
-                continue
-            keep.append(a)
-            removed |= suppress[a]
-        return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+    def _class_boxes(
+        self, deltas: torch.Tensor, boxes: torch.Tensor, hw: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K, 4) clipped boxes of every foreground class (class-agnostic regression:
+        the same box K times) from deltas (B, 4K or 4) applied to boxes (B, 4)."""
+        n, n_reg = len(boxes), deltas.shape[1] // 4  # explicit: B may be 0
+        decoded = self.box_predictor.box2box_transform.apply_deltas(deltas, boxes)
+        clipped = clip_boxes(decoded.reshape(-1, 4), hw.repeat_interleave(n_reg, 0))
+        return clipped.view(n, n_reg, 4).expand(-1, self.num_classes, -1)
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]

@@ -1,0 +1,183 @@
+"""Inference outputs of R2-IOS: detections from the gate's iterations, class-wise NMS (box or
+mask IoU), the per-iteration trace fields."""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from detectron2.layers import batched_nms
+from detectron2.layers.mask_ops import paste_masks_in_image
+from detectron2.structures import Boxes, Instances
+
+from .recursion import BestIteration, reframe_masks
+
+__all__ = [
+    "TRACE_FIELDS",
+    "attach_trace",
+    "class_wise_nms",
+    "per_class_candidates",
+    "proposal_candidates",
+    "scale_trace_boxes",
+]
+
+# Mask-IoU NMS compares masks pasted on a grid whose longer side is at most this many pixels
+# (the masks themselves are only MASK_SIZE wide, so a finer grid adds little).
+_MASK_NMS_MAX_SIDE = 320
+
+# The per-iteration fields the heads add to their outputs with MODEL.R2IOS.TEST_RECORD_TRACE:
+# trace_<name> for each name (N, T, ...), plus trace_proposals (N, 4) and gate_iteration (N,).
+TRACE_FIELDS = ("boxes", "scores", "classes", "masks")
+
+
+def _instances(
+    image_size: Tuple[int, int],
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    masks: torch.Tensor,
+) -> Instances:
+    inst = Instances(image_size)
+    inst.pred_boxes = Boxes(boxes)
+    inst.scores = scores
+    inst.pred_classes = classes
+    inst.pred_masks = masks[:, None]
+    return inst
+
+
+def proposal_candidates(
+    best: BestIteration,
+    rows: torch.Tensor,
+    image_size: Tuple[int, int],
+    score_thresh: float,
+    reframe: bool,
+) -> Tuple[Instances, torch.Tensor]:
+    """One candidate per non-background proposal of ``rows`` (the paper's output).
+
+    Args:
+        best: the gate's iteration of every proposal.
+        rows: (R_i,) the rows of one image.
+        image_size: (H, W) of that image (network input).
+        score_thresh: minimum score.
+        reframe: resample each mask from the box it was predicted in (``l_{t'-1}``) into
+            its output box ``l_{t'}``.
+
+    Returns:
+        the candidates (``pred_boxes``, ``scores``, ``pred_classes``, ``pred_masks`` (N, 1,
+        M, M) foreground probabilities) and their (N,) rows.
+    """
+    keep = rows[(best.cls[rows] < best.num_classes) & (best.score[rows] > score_thresh)]
+    masks = best.mask[keep]
+    if reframe:
+        masks = reframe_masks(masks, best.frame[keep], best.box[keep])
+    return _instances(image_size, best.box[keep], best.score[keep], best.cls[keep], masks), keep
+
+
+def per_class_candidates(
+    best: BestIteration,
+    rows: torch.Tensor,
+    image_size: Tuple[int, int],
+    score_thresh: float,
+    reframe: bool,
+) -> Tuple[Instances, torch.Tensor]:
+    """Fast R-CNN style: every (proposal, foreground class) of ``rows`` above the score
+    threshold, from the gate's iteration, with the class-specific box. Arguments and
+    outputs as :func:`proposal_candidates` (a row may give several candidates)."""
+    probs = best.probs[rows, : best.num_classes]
+    r, k = torch.nonzero(probs > score_thresh, as_tuple=True)
+    src = rows[r]
+    boxes = best.class_boxes[src, k]
+    masks = best.mask[src]
+    if reframe:
+        masks = reframe_masks(masks, best.frame[src], boxes)
+    return _instances(image_size, boxes, probs[r, k], k, masks), src
+
+
+def _mask_nms(inst: Instances, thresh: float, mask_threshold: float) -> torch.Tensor:
+    """Greedy class-wise NMS on mask IoU; returns kept indices by decreasing score."""
+    h, w = inst.image_size
+    scale = min(1.0, _MASK_NMS_MAX_SIDE / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    order = inst.scores.argsort(descending=True)
+    masks = (
+        paste_masks_in_image(
+            inst.pred_masks[order, 0],
+            inst.pred_boxes.tensor[order] * scale,
+            size,
+            threshold=mask_threshold,
+        )
+        .flatten(1)
+        .float()
+    )
+    inter = masks @ masks.T
+    area = masks.sum(1)
+    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1.0)
+    classes = inst.pred_classes[order]
+    iou = iou * (classes[:, None] == classes[None]).to(iou.dtype)
+    suppress = iou > thresh
+    removed = torch.zeros(len(order), dtype=torch.bool, device=order.device)
+    keep = []
+    for a in range(len(order)):  # greedy NMS is sequential by definition
+        if removed[a]:
+            continue
+        keep.append(a)
+        removed |= suppress[a]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def class_wise_nms(
+    inst: Instances, nms_type: str, thresh: float, topk: int, mask_threshold: float = 0.5
+) -> Instances:
+    """Class-wise NMS on box (``nms_type`` "box") or mask ("mask") IoU above ``thresh``,
+    then the ``topk`` best (all if negative), sorted by decreasing score.
+
+    Args:
+        inst: candidates with ``pred_boxes``, ``scores``, ``pred_classes`` and, for mask
+            NMS, ``pred_masks`` (N, 1, M, M) probabilities in the frame of ``pred_boxes``.
+        mask_threshold: binarisation threshold of the masks for mask IoU.
+    """
+    if len(inst) == 0:
+        return inst
+    if nms_type == "box":
+        keep = batched_nms(inst.pred_boxes.tensor, inst.scores, inst.pred_classes, thresh)
+    else:
+        keep = _mask_nms(inst, thresh, mask_threshold)
+    if topk >= 0:
+        keep = keep[:topk]
+    return inst[keep]
+
+
+def attach_trace(
+    inst: Instances,
+    src: torch.Tensor,
+    trace: Dict[str, torch.Tensor],
+    proposals: torch.Tensor,
+    gate_iteration: torch.Tensor,
+) -> None:
+    """Add the per-iteration trace of the candidates' rows ``src`` to ``inst`` (in place):
+    ``trace_<name>`` for each :data:`TRACE_FIELDS` name, ``trace_proposals`` (``l_0``) and
+    ``gate_iteration`` (0-based ``t'``)."""
+    for name in TRACE_FIELDS:
+        inst.set(f"trace_{name}", trace[name][src])
+    inst.trace_proposals = proposals[src]
+    inst.gate_iteration = gate_iteration[src]
+
+
+def scale_trace_boxes(
+    trace_boxes: torch.Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Map ``trace_boxes`` from the network-input image to another resolution.
+
+    ``detector_postprocess`` rescales ``pred_boxes`` to the original image but leaves extra
+    fields alone, so ``trace_boxes`` stay in the frame of the (resized) network input.
+
+    Args:
+        trace_boxes: (N, T, 4) XYXY boxes in an image of size ``from_size`` (H, W).
+        from_size: (H, W) of the network input image (``images.image_sizes[i]``).
+        to_size: (H, W) to map to (e.g. the dataset dict's ``height``, ``width``).
+
+    Returns:
+        (N, T, 4) boxes in the ``to_size`` frame.
+    """
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return trace_boxes * trace_boxes.new_tensor([sx, sy, sx, sy])
