@@ -1,6 +1,6 @@
-"""Smoke tests of tools/benchmark.py at tiny sizes: every code path, no timing assertions."""
+"""Smoke tests of the benchmark tools at tiny sizes: every code path, no timing assertions,
+no real training (``train_net.py`` subprocesses are replaced by a fake step)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -8,24 +8,43 @@ from pathlib import Path
 import pytest
 import torch
 
+import r2ios_d2.engine.runs as runs
+from r2ios_d2.benchmarking.records import PeakMemory
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("r2ios_benchmark", REPO / "tools/benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def tools():
+    """The modules ``benchmark``, ``benchmark_speed`` and ``ablation`` of ``tools/``."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import ablation
+        import benchmark
+        import benchmark_speed
+
+        yield benchmark, benchmark_speed, ablation
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+        for name in ("ablation", "benchmark", "benchmark_speed"):
+            sys.modules.pop(name, None)
 
 
-def test_speed_writes_rows_ratios_and_goals(bench, tmp_path):
-    argv = ["--speed", "--widths", "0.0625", "--proposals", "16", "32", "--iterations", "1", "4"]
+@pytest.fixture()
+def speed(tools):
+    return tools[1]
+
+
+@pytest.fixture()
+def ablation(tools):
+    return tools[2]
+
+
+def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
+    argv = ["--widths", "0.0625", "--proposals", "16", "32", "--iterations", "1", "4"]
     argv += ["--repeats", "1", "--image-size", "64", "96", "--train-images", "1"]
     argv += ["--results-dir", str(tmp_path), "--tag", "test"]
-    assert bench.main(argv) == 0
+    assert speed.main(argv) == 0
     result = json.loads((tmp_path / "speed_cpu_test.json").read_text())
     assert (tmp_path / "speed_cpu_test.md").read_text().startswith("# Speed and memory")
     # per proposal count: baseline, T=1, T=4 with skip on and off
@@ -33,11 +52,15 @@ def test_speed_writes_rows_ratios_and_goals(bench, tmp_path):
     for row in result["inference"]:
         if row["method"] == "baseline":
             assert row["heads_ratio_to_baseline"] == pytest.approx(1.0)
-        else:
+            assert row["active_per_iteration"] is None
+        else:  # what the heads put into the EventStorage
             assert row["active_per_iteration"][0] == row["proposals"]
     assert abs(result["widths"][0]["bg_fraction_t1_r2ios"] - 0.9) < 0.1
     skip_off = [r for r in result["inference"] if r["T"] == 4 and r["skip_background"] is False]
     assert all(r["active_per_iteration"] == [r["proposals"]] * 4 for r in skip_off)
+    skip_on = [r for r in result["inference"] if r["T"] == 4 and r["skip_background"]]
+    assert all(len(r["active_per_iteration"]) <= 4 for r in skip_on)
+    assert all(r["active_per_iteration"][1] < r["proposals"] for r in skip_on)
     assert [(r["method"], r["T"], r["gate"]) for r in result["train"]] == [
         ("baseline", None, None),
         ("R2-IOS", 1, False),
@@ -48,8 +71,8 @@ def test_speed_writes_rows_ratios_and_goals(bench, tmp_path):
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch"] == torch.__version__
 
 
-def test_peak_memory_sees_a_large_cpu_allocation(bench):
-    with bench.PeakMemory("cpu") as mem:
+def test_peak_memory_sees_a_large_cpu_allocation():
+    with PeakMemory("cpu") as mem:
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB
         del x
     if mem.delta is None:
@@ -57,47 +80,89 @@ def test_peak_memory_sees_a_large_cpu_allocation(bench):
     assert mem.delta >= 48
 
 
-def test_schedule_opts_scale_the_yaml_schedule(bench):
+def test_ablation_schedule_scales_the_yaml_schedule(ablation):
     path = REPO / "configs/synthetic/r2ios_tiny_stage1.yaml"
-    solver = bench._yaml_solver(path)
-    opts, n = bench.schedule_opts(path, 0.5, None)
-    assert n == round(solver.MAX_ITER * 0.5)
+    max_iter = ablation.yaml_max_iter(path)
+    opts, n = ablation.ablation_schedule(path, 0.5, None)
+    assert n == round(max_iter * 0.5)
     values = dict(zip(opts[::2], opts[1::2]))
     assert all(s < n for s in eval(values["SOLVER.STEPS"]))  # noqa: S307 (our own tuple)
-    assert bench.schedule_opts(path, 0.5, 7)[1] == 7
+    assert values["SOLVER.CHECKPOINT_PERIOD"] == str(10 * n)
+    assert ablation.ablation_schedule(path, 0.5, 7)[1] == 7
+    # the YAML's own length still gives explicit overrides (recorded in the result)
+    assert ablation.ablation_schedule(path, 1.0, None)[0][:2] == ["SOLVER.MAX_ITER", str(max_iter)]
 
 
-def _fake_run_logged(calls):
-    """Stands in for the train_net.py subprocess: writes model_final.pth or sds_results.json."""
+def test_rows_take_their_overrides_from_the_yaml_files(ablation):
+    only_test = ablation.recipe("ablations/recursive_only_testing.yaml")
+    assert only_test.config.name == "r2ios_tiny_stage1.yaml"
+    assert list(only_test.train_opts) == ["MODEL.R2IOS.NUM_ITERATIONS", "1"]
+    assert ablation.eval_opts(only_test)[-2:] == ["MODEL.R2IOS.TEST_NUM_ITERATIONS", "4"]
+    literal = ablation.recipe("ablations/paper_literal.yaml")
+    assert literal.config.name == "r2ios_tiny_stage2.yaml"
+    assert "MODEL.WEIGHTS" not in literal.train_opts and "OUTPUT_DIR" not in literal.train_opts
+    assert dict(zip(literal.train_opts[::2], literal.train_opts[1::2])) == {
+        "MODEL.R2IOS.SEG_AWARE_INPUT": "logits",
+        "MODEL.R2IOS.SEG_AWARE_SCALE": "1.0",
+        "MODEL.R2IOS.SEG_AWARE_GRAD_SCALE": "1.0",
+        "MODEL.R2IOS.CONF_LOSS_WEIGHT": "0.0",
+    }
+    baseline = ablation.recipe("synthetic/mask_rcnn_heads_tiny.yaml")
+    assert baseline.train_opts == () and ablation.tested_iterations(baseline) == 1
+    # every YAML of configs/ablations is used by a row
+    used = {f for r in ablation.ROWS for f in (r.stage1, r.stage2) if f}
+    assert {f"ablations/{p.name}" for p in (REPO / "configs/ablations").glob("*.yaml")} <= used
 
-    def run(cmd, log, threads=0):
-        calls.append(cmd)
+
+def test_rows_sharing_a_model_must_train_it_alike(ablation):
+    ablation.check_shared_models(ablation.ROWS)
+    bad = [ablation.ROWS[0], ablation.Row("x", None, "T1", "ablations/recursive_2.yaml")]
+    with pytest.raises(ValueError, match="share model T1"):
+        ablation.check_shared_models(bad)
+
+
+class _FakeStep:
+    """Stands in for a train_net.py subprocess: writes model_final.pth or sds_results.json."""
+
+    calls = []
+
+    def __init__(self, cmd, log_file, cwd=None, threads=None):
+        cmd = [str(c) for c in cmd]
+        self.calls.append(cmd)
         out = Path(cmd[cmd.index("OUTPUT_DIR") + 1])
         if "--eval-only" in cmd:
             seed = int(cmd[cmd.index("SEED") + 1])
             t = int(cmd[cmd.index("MODEL.R2IOS.TEST_NUM_ITERATIONS") + 1])
             segm = {m: 10.0 * t + seed for m in ("APr50", "APr60", "APr70", "APr_vol")}
-            path = out / "inference" / "r2ios_synthetic_val" / "sds_results.json"
+            path = runs.results_file(out)
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"results": {"segm": segm, "bbox": {"AP50": 1.0}}}))
         else:
             out.mkdir(parents=True)
             (out / "model_final.pth").write_bytes(b"")
+
+    def wait(self) -> float:
         return 0.0
 
-    return run
+
+@pytest.fixture()
+def fake_steps(monkeypatch):
+    _FakeStep.calls = []
+    monkeypatch.setattr(runs, "Step", _FakeStep)
+    return _FakeStep.calls
 
 
-def test_ablation_shares_stage1_models_reuses_results_and_aggregates(bench, tmp_path, monkeypatch):
-    calls, prepared = [], []
-    monkeypatch.setattr(bench, "_run_logged", _fake_run_logged(calls))
-    monkeypatch.setattr(bench, "prepare_synthetic_data", lambda: prepared.append(True))
-    argv = ["--ablation", "--seeds", "0", "2", "--jobs", "2", "--stage1-iters", "4"]
+def test_ablation_shares_stage1_models_reuses_results_and_aggregates(
+    ablation, tmp_path, monkeypatch, fake_steps
+):
+    prepared = []
+    monkeypatch.setattr(ablation, "prepare_synthetic_data", lambda: prepared.append(True))
+    argv = ["--seeds", "0", "2", "--jobs", "2", "--stage1-iters", "4"]
     argv += ["--stage2-iters", "2", "--work-dir", str(tmp_path / "work")]
     argv += ["--results-dir", str(tmp_path / "res")]
-    assert bench.main(argv) == 0
+    assert ablation.main(argv) == 0
     assert prepared  # the ablation makes its data and proposals on a fresh clone
-    trainings = [c for c in calls if "--eval-only" not in c]
+    trainings = [c for c in fake_steps if "--eval-only" not in c]
     outputs = sorted(Path(c[c.index("OUTPUT_DIR") + 1]).name for c in trainings)
     # per seed: 9 stage-1 models (8 R2-IOS, the Mask R-CNN heads baseline) and 5 stage-2
     # models; recursive_4 and R2-IOS share s1_T4, recursive_1 and "recursive only in testing"
@@ -108,27 +173,38 @@ def test_ablation_shares_stage1_models_reuses_results_and_aggregates(bench, tmp_
     for c in baseline:  # its own config, as many iterations as both R2-IOS stages (4 + 2)
         assert c[c.index("--config-file") + 1].endswith("mask_rcnn_heads_tiny.yaml")
         assert c[c.index("SOLVER.MAX_ITER") + 1] == "6"
-    assert len([c for c in calls if "--eval-only" in c]) == 2 * len(bench.VARIANTS)
+    assert len([c for c in fake_steps if "--eval-only" in c]) == 2 * len(ablation.ROWS)
     result = json.loads((tmp_path / "res" / "ablation.json").read_text())
+    assert [v["name"] for v in result["variants"]] == [r.name for r in ablation.ROWS]
     only_test = next(v for v in result["variants"] if v["name"] == "recursive_only_testing")
     assert only_test["mean"]["APr50"] == pytest.approx(41.0)  # T = 4, seeds 0 and 2
     assert only_test["std"]["APr50"] == pytest.approx(2**0.5)
+    assert (only_test["stage1_model"], only_test["stage2_gate"]) == ("T1", False)
     assert "recursive_only_testing" in (tmp_path / "res" / "ablation.md").read_text()
 
-    calls.clear()  # a second run finds every result and trains nothing
-    assert bench.main(argv) == 0
-    assert calls == []
+    fake_steps.clear()  # a second run finds every result and trains nothing
+    assert ablation.main(argv) == 0
+    assert fake_steps == []
 
 
-def test_quick_ablation_runs_the_documented_variants(bench, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(bench, "_run_logged", _fake_run_logged(calls))
-    monkeypatch.setattr(bench, "prepare_synthetic_data", lambda: None)
-    argv = ["--ablation", "--quick", "--work-dir", str(tmp_path / "work")]
+def test_quick_ablation_runs_the_documented_variants(ablation, tmp_path, monkeypatch, fake_steps):
+    monkeypatch.setattr(ablation, "prepare_synthetic_data", lambda: None)
+    argv = ["--quick", "--work-dir", str(tmp_path / "work")]
     argv += ["--results-dir", str(tmp_path / "res")]
-    assert bench.main(argv) == 0
+    assert ablation.main(argv) == 0
     result = json.loads((tmp_path / "res" / "ablation_quick.json").read_text())
-    assert [v["name"] for v in result["variants"]] == bench.QUICK_VARIANTS
+    assert [v["name"] for v in result["variants"]] == ablation.QUICK_VARIANTS
     assert result["seeds"] == [0]
     # s1_T1, s1_T4, s2_T4 and the baseline
-    assert len([c for c in calls if "--eval-only" not in c]) == 4
+    assert len([c for c in fake_steps if "--eval-only" not in c]) == 4
+
+
+def test_benchmark_dispatches_to_both_tools(tools, monkeypatch):
+    benchmark, speed, ablation = tools
+    ran = []
+    monkeypatch.setattr(speed, "run", lambda args: ran.append(("speed", args.quick, args.jobs)))
+    monkeypatch.setattr(ablation, "run", lambda args: ran.append(("ablation", args.seeds)))
+    assert benchmark.main(["--speed", "--ablation", "--quick", "--seeds", "3"]) == 0
+    assert ran == [("speed", True, 2), ("ablation", [3])]
+    with pytest.raises(SystemExit):
+        benchmark.main(["--quick"])

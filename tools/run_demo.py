@@ -14,7 +14,9 @@ Steps (each is skipped when its output is already complete, so a re-run resumes)
 7. pictures (final results and the per-iteration trace) of a few val images.
 
 Everything goes to ``--output`` (default ``demo_output/``); ``results.md`` / ``results.json``
-there hold the table printed at the end.
+there hold the table printed at the end. Trainings and evaluations run through
+:class:`r2ios_d2.engine.runs.TrainEvalRunner` (subprocesses of ``tools/train_net.py``, one
+log each under ``logs/``).
 """
 
 from __future__ import annotations
@@ -23,87 +25,33 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence
+
+if TYPE_CHECKING:
+    from r2ios_d2.engine.runs import TrainEvalRunner
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "synthetic"
+# --long: every run (both stages and the baseline) this many times longer.
+LONG_FACTOR = 3
+# Evaluations running at once (one core each on a 2-core machine).
+EVAL_JOBS = 2
 logger = logging.getLogger("r2ios_d2.demo")
 
 
-class _Step:
-    """A step running as a subprocess, its output in ``log_file``."""
+def _num_iterations(config: str) -> int:
+    from r2ios_d2.engine.runs import load_config
 
-    def __init__(self, cmd: list, log_file: Path) -> None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("$ %s  (log: %s)", " ".join(str(c) for c in cmd), log_file)
-        # One intra-op thread per process: on 2 cores, with a data-loader worker beside it,
-        # more threads oversubscribe the CPU and make a tiny model's step several times slower.
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        self.log_file = log_file
-        with open(log_file, "w") as f:
-            self.proc = subprocess.Popen(
-                [str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env
-            )
-
-    def wait(self) -> None:
-        """Wait for the step; fail loudly with the tail of its log."""
-        if self.proc.wait() != 0:
-            tail = self.log_file.read_text().splitlines()[-30:]
-            raise SystemExit(
-                f"step failed ({self.proc.returncode}): see {self.log_file}\n" + "\n".join(tail)
-            )
-
-
-def _run(cmd: list, log_file: Path) -> None:
-    """Run a step as a subprocess and wait for it."""
-    _Step(cmd, log_file).wait()
-
-
-def _results(metrics_file: Path) -> dict:
-    return json.loads(metrics_file.read_text())["results"]
-
-
-def final_train_scalar(metrics_json: Path, key: str) -> Optional[float]:
-    """The last logged value of ``key`` in a detectron2 ``metrics.json`` (the median of its
-    last logging window), or None if it was never logged."""
-    from r2ios_d2.visualization import read_metrics
-
-    if not metrics_json.is_file():
-        return None
-    values = read_metrics(str(metrics_json), key)[1]
-    return values[-1] if values else None
-
-
-def _solver_and_model(config: str):
-    from detectron2.config import get_cfg
-
-    from r2ios_d2 import add_r2ios_config
-
-    cfg = get_cfg()
-    add_r2ios_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / config))
-    return cfg
+    return load_config(CONFIGS / config).MODEL.R2IOS.NUM_ITERATIONS
 
 
 def _max_iter(config: str) -> int:
-    return _solver_and_model(config).SOLVER.MAX_ITER
+    from r2ios_d2.engine.runs import load_config
 
-
-def schedule_opts(config: str, max_iter: int) -> list:
-    """``SOLVER`` overrides that run ``config``'s schedule in ``max_iter`` iterations (steps
-    and warm-up scaled alike); none if it already has that length."""
-    from r2ios_d2.engine import scaled_schedule_opts
-
-    solver = _solver_and_model(config).SOLVER
-    return [] if max_iter == solver.MAX_ITER else scaled_schedule_opts(solver, max_iter)
-
-
-def _num_iterations(config: str) -> int:
-    return _solver_and_model(config).MODEL.R2IOS.NUM_ITERATIONS
+    return load_config(CONFIGS / config).SOLVER.MAX_ITER
 
 
 def _plot_mask_losses(out: Path, num_iterations: int) -> None:
@@ -139,9 +87,127 @@ def results_table(rows: dict, boxes: dict, mask_loss: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def train_all(
+    runner: TrainEvalRunner, out: Path, iters1: int, iters2: int, baseline_iters: int
+) -> Dict[str, float]:
+    """Steps 3-5: both R2-IOS stages one after the other and the baseline beside them.
+
+    Each run is done once its ``model_final.pth`` exists (``--resume`` continues an
+    interrupted one). Returns the seconds of each (``train_<name>``).
+    """
+    from r2ios_d2.engine.runs import schedule_opts
+
+    runs = [
+        ("mask_rcnn_heads", "mask_rcnn_heads_tiny.yaml", baseline_iters, []),
+        ("stage1", "r2ios_tiny_stage1.yaml", iters1, []),
+        (
+            "stage2",
+            "r2ios_tiny_stage2.yaml",
+            iters2,
+            ["MODEL.WEIGHTS", runner.weights_of(out / "stage1")],
+        ),
+    ]
+    timings, background = {}, None
+    for name, config, iters, extra in runs:
+        t = time.time()
+        opts = [*extra, *schedule_opts(CONFIGS / config, iters)]
+        step = runner.start_training(
+            CONFIGS / config, out / name, opts, out / "logs" / f"train_{name}.log"
+        )
+        if step is not None:
+            if name == "mask_rcnn_heads":  # one core beside the two stages on a 2-core machine
+                background = (step, t)
+                continue
+            step.wait()
+        timings[f"train_{name}"] = time.time() - t
+    if background is not None:
+        background[0].wait()
+        timings["train_mask_rcnn_heads"] = time.time() - background[1]
+    return timings
+
+
+class _Eval(NamedTuple):
+    """A row of the results table: what is evaluated and where its training mask loss is."""
+
+    name: str  # row name
+    key: str  # folder under eval/ and log name
+    config: str
+    trained: str  # training folder of the weights; "" = random init
+    train_dir: Optional[str] = None  # training whose final mask loss is shown
+    loss_key: Optional[str] = None  # its scalar; "T" = R2-IOS's mask loss at t = T
+    opts: Sequence = ()
+
+
+def _evals(baseline_iters: int) -> List[_Eval]:
+    """The rows: untrained (random init), the two stages and the baseline, same val data."""
+    return [
+        _Eval("untrained", "untrained", "r2ios_tiny_stage1.yaml", ""),
+        _Eval("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T"),
+        # Stage 2's mask loss counts only the iterations up to the gate: not comparable.
+        _Eval("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2"),
+        _Eval(
+            "stage2, per-class output",
+            "stage2_per_class",
+            "r2ios_tiny_stage2.yaml",
+            "stage2",
+            opts=("MODEL.R2IOS.OUTPUT_MODE", "per_class"),
+        ),
+        _Eval(
+            f"Mask R-CNN heads (stock detectron2, {baseline_iters} it)",
+            "mask_rcnn_heads",
+            "mask_rcnn_heads_tiny.yaml",
+            "mask_rcnn_heads",
+            "mask_rcnn_heads",
+            "loss_mask",
+        ),
+    ]
+
+
+def evaluate_all(runner: TrainEvalRunner, out: Path, evals: List[_Eval]) -> dict:
+    """Step 6: AP^r of every row (``EVAL_JOBS`` at a time, done ones skipped); returns the
+    segm and box metrics and the final training mask losses, by row name."""
+    from r2ios_d2.engine.runs import EvalJob, final_train_scalar
+
+    def job(e: _Eval) -> EvalJob:
+        weights = out / e.trained / "model_final.pth" if e.trained else ""
+        log = out / "logs" / f"eval_{e.key}.log"
+        return EvalJob(CONFIGS / e.config, weights, out / "eval" / e.key, e.opts, log)
+
+    runner.evaluate_all([job(e) for e in evals], parallel=EVAL_JOBS)
+    rows, boxes, mask_loss = {}, {}, {}
+    for e in evals:
+        results = runner.results(out / "eval" / e.key)
+        rows[e.name] = results["segm"]
+        boxes[e.name] = results.get("bbox", {})
+        if e.train_dir:
+            loss_key = e.loss_key
+            if loss_key == "T":  # R2-IOS: the mask loss of the last iteration t = T alone
+                loss_key = f"r2ios/loss_mask_t{_num_iterations(e.config)}"
+            mask_loss[e.name] = final_train_scalar(out / e.train_dir / "metrics.json", loss_key)
+    return {"segm": rows, "bbox": boxes, "final_mask_loss": mask_loss}
+
+
+def draw_pictures(runner: TrainEvalRunner, out: Path) -> None:
+    """Step 7: final results and the per-iteration trace of 3 val images, the mask losses."""
+    pictures = out / "pictures"
+    if not list(pictures.glob("*_trace.png")):
+        cmd = [runner.python, "tools/visualize.py", "--config-file"]
+        cmd += [CONFIGS / "r2ios_tiny_stage2.yaml", "--dataset", "r2ios_synthetic_val"]
+        cmd += ["--num-images", 3, "--output", pictures]
+        cmd += ["MODEL.WEIGHTS", out / "stage2" / "model_final.pth"]
+        runner.step(cmd, out / "logs" / "visualize.log").wait()
+    _plot_mask_losses(out, _num_iterations("r2ios_tiny_stage1.yaml"))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="demo_output")
+    parser.add_argument("--output", default=None, help="default: demo_output(_long)/")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help=f"train every run {LONG_FACTOR}x longer (schedules scaled alike), into "
+        "demo_output_long/",
+    )
     parser.add_argument("--num-train", type=int, default=160)
     parser.add_argument("--num-val", type=int, default=60)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -150,148 +216,56 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--baseline-iters", type=int, default=None, help="override the baseline's MAX_ITER"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="[demo %(asctime)s] %(message)s", datefmt="%H:%M:%S"
-    )
+    return parser
 
-    out = (REPO / args.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    start = time.time()
-    timings = {}
 
-    # 1-2. data and selective-search proposals (both reuse what is already complete)
-    t = time.time()
+def run(args: argparse.Namespace) -> int:
+    """The demo's seven steps; writes ``results.{md,json}`` under the output folder."""
     from r2ios_d2.data.synthetic import prepare_synthetic_benchmark
+    from r2ios_d2.engine.runs import TrainEvalRunner
 
+    out = (REPO / (args.output or ("demo_output_long" if args.long else "demo_output"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runner = TrainEvalRunner(repo=REPO, python=sys.executable)
+    start = t = time.time()
     prepare_synthetic_benchmark(args.num_train, args.num_val, seed=0, workers=args.workers)
-    timings["data_and_proposals"] = time.time() - t
+    timings = {"data_and_proposals": time.time() - t}
 
-    # 3-5. training (each run is done once its model_final.pth exists; --resume continues it).
-    # The baseline trains beside the two R2-IOS stages (one core each on a 2-core machine).
-    iters1 = args.stage1_iters or _max_iter("r2ios_tiny_stage1.yaml")
-    iters2 = args.stage2_iters or _max_iter("r2ios_tiny_stage2.yaml")
+    factor = LONG_FACTOR if args.long else 1
+    iters1 = args.stage1_iters or factor * _max_iter("r2ios_tiny_stage1.yaml")
+    iters2 = args.stage2_iters or factor * _max_iter("r2ios_tiny_stage2.yaml")
     baseline_iters = args.baseline_iters or iters1 + iters2  # as many as both stages
-    runs = [
-        ("mask_rcnn_heads", "mask_rcnn_heads_tiny.yaml", baseline_iters, []),
-        ("stage1", "r2ios_tiny_stage1.yaml", iters1, []),
-        (
-            "stage2",
-            "r2ios_tiny_stage2.yaml",
-            iters2,
-            ["MODEL.WEIGHTS", out / "stage1" / "model_final.pth"],
-        ),
-    ]
-    background = None
-    for name, config, iters, extra in runs:
-        t = time.time()
-        if not (out / name / "model_final.pth").is_file():
-            opts = ["OUTPUT_DIR", out / name, *extra, *schedule_opts(config, iters)]
-            step = _Step(
-                [py, "tools/train_net.py", "--config-file", CONFIGS / config, "--resume", *opts],
-                out / "logs" / f"train_{name}.log",
-            )
-            if name == "mask_rcnn_heads":
-                background = (step, t)
-                continue
-            step.wait()
-        timings[f"train_{name}"] = time.time() - t
-    if background is not None:
-        background[0].wait()
-        timings["train_mask_rcnn_heads"] = time.time() - background[1]
-
-    # 6. evaluation: untrained (random init), the two stages and the baseline, same val set
-    # and proposals
-    rows, boxes, mask_loss = {}, {}, {}
-    # row name, folder, config, weights, training folder, its mask-loss scalar, extra opts
-    evals = (
-        ("untrained", "untrained", "r2ios_tiny_stage1.yaml", "", None, None, []),
-        ("stage1 (no gate)", "stage1", "r2ios_tiny_stage1.yaml", "stage1", "stage1", "T", []),
-        # Stage 2's mask loss counts only the iterations up to the gate: not comparable.
-        ("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2", None, None, []),
-        (
-            "stage2, per-class output",
-            "stage2_per_class",
-            "r2ios_tiny_stage2.yaml",
-            "stage2",
-            None,
-            None,
-            ["MODEL.R2IOS.OUTPUT_MODE", "per_class"],
-        ),
-        (
-            f"Mask R-CNN heads (stock detectron2, {baseline_iters} it)",
-            "mask_rcnn_heads",
-            "mask_rcnn_heads_tiny.yaml",
-            "mask_rcnn_heads",
-            "mask_rcnn_heads",
-            "loss_mask",
-            [],
-        ),
-    )
+    timings.update(train_all(runner, out, iters1, iters2, baseline_iters))
     t = time.time()
-    pending = []  # two evaluations at a time, one core each
-    for _, key, config, trained, _, _, extra in evals:
-        eval_dir = out / "eval" / key
-        if not (eval_dir / "inference" / "r2ios_synthetic_val" / "sds_results.json").is_file():
-            weights = out / trained / "model_final.pth" if trained else ""
-            cmd = [py, "tools/train_net.py", "--config-file", CONFIGS / config, "--eval-only"]
-            cmd += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir, *extra]
-            pending.append((cmd, out / "logs" / f"eval_{key}.log"))
-    for i in range(0, len(pending), 2):
-        steps = [_Step(cmd, log) for cmd, log in pending[i : i + 2]]
-        for step in steps:
-            step.wait()
+    results = evaluate_all(runner, out, _evals(baseline_iters))
     timings["evaluation"] = time.time() - t
-    for name, key, config, _, train_dir, loss_key, _ in evals:
-        results = _results(
-            out / "eval" / key / "inference" / "r2ios_synthetic_val" / "sds_results.json"
-        )
-        rows[name] = results["segm"]
-        boxes[name] = results.get("bbox", {})
-        if train_dir:
-            if loss_key == "T":  # R2-IOS: the mask loss of the last iteration t = T alone
-                loss_key = f"r2ios/loss_mask_t{_num_iterations(config)}"
-            mask_loss[name] = final_train_scalar(out / train_dir / "metrics.json", loss_key)
-
-    # 7. pictures
     t = time.time()
-    pictures = out / "pictures"
-    if not list(pictures.glob("*_trace.png")):
-        _run(
-            [
-                py,
-                "tools/visualize.py",
-                "--config-file",
-                CONFIGS / "r2ios_tiny_stage2.yaml",
-                "--dataset",
-                "r2ios_synthetic_val",
-                "--num-images",
-                3,
-                "--output",
-                pictures,
-                "MODEL.WEIGHTS",
-                out / "stage2" / "model_final.pth",
-            ],
-            out / "logs" / "visualize.log",
-        )
-    _plot_mask_losses(out, _num_iterations("r2ios_tiny_stage1.yaml"))
+    draw_pictures(runner, out)
     timings["pictures"] = time.time() - t
     timings["total"] = time.time() - start
 
-    table = results_table(rows, boxes, mask_loss)
+    table = results_table(results["segm"], results["bbox"], results["final_mask_loss"])
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(
-        json.dumps(
-            {"segm": rows, "bbox": boxes, "final_mask_loss": mask_loss, "seconds": timings},
-            indent=2,
-            default=str,
-        )
+        json.dumps({**results, "seconds": timings}, indent=2, default=str)
     )
     print("\n" + table)
     print("\nseconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"outputs: {out} (logs/, stage1/, stage2/, eval/, pictures/, results.md)")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[demo %(asctime)s] %(message)s", datefmt="%H:%M:%S"
+    )
+    from r2ios_d2.engine.runs import StepError
+
+    try:
+        return run(args)
+    except StepError as e:  # the failed step's log tail, without a traceback
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

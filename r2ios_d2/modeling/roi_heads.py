@@ -12,22 +12,21 @@ paper's ``g = 0``).
 """
 
 import logging
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_mask_head
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import StandardROIHeads, build_box_head
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
 from ..config_checks import validate_r2ios_config
 from .box_head import SegAwareFastRCNNOutputLayers
+from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
     attach_trace,
@@ -56,54 +55,6 @@ GATE_SCORES = ("all", "foreground")
 OUTPUT_MODES = ("proposal", "per_class")
 NMS_TYPES = ("box", "mask")
 MASK_LOSS_NORMALIZERS = ("fg", "rois")
-
-
-def _put_scalar(name: str, value: float) -> None:
-    # Training runs inside an EventStorage; plain forward passes (tests, scripts) may not.
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        return
-    storage.put_scalar(name, value)
-
-
-class _TrainingRows:
-    """The sampled proposals of a training batch as image-ordered rows: boxes, images and
-    labels, the foreground subset with its ground truth (F rows)."""
-
-    def __init__(self, proposals: List[Instances], num_classes: int) -> None:
-        k = num_classes
-        self.num_images = len(proposals)
-        self.boxes, self.image_idx, self.hw = flatten_proposals(proposals, "proposal_boxes")
-        self.num_rois = max(len(self.boxes), 1)
-        self.gt_classes = cat([p.gt_classes for p in proposals], dim=0)
-        gt_boxes = cat(
-            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals]
-        )
-        self.fg_idx = torch.nonzero((self.gt_classes >= 0) & (self.gt_classes < k)).squeeze(1)
-        self.bg_rows = self.gt_classes == k  # ignored (-1) rows count nowhere
-        self.fg_cls = self.gt_classes[self.fg_idx]
-        self.fg_gt_boxes = gt_boxes[self.fg_idx]
-        self.fg_image = self.image_idx[self.fg_idx]
-        self.fg_per_image = torch.bincount(self.fg_image, minlength=self.num_images).tolist()
-        self.fg_masks = []  # per image: the matched GT instance of each foreground proposal
-        for p, n in zip(proposals, self.fg_per_image):
-            local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < k)).squeeze(1)
-            self.fg_masks.append(p.gt_masks[local] if n > 0 else None)
-
-    def mask_targets(
-        self, boxes: torch.Tensor, size: int, device: torch.device
-    ) -> Optional[torch.Tensor]:
-        """(F, size, size) mask targets: each foreground row's matched instance in the frame
-        of its box in ``boxes`` (F, 4); None without foreground rows."""
-        if len(self.fg_idx) == 0:
-            return None
-        targets = [
-            m.crop_and_resize(b, size)
-            for m, b in zip(self.fg_masks, boxes.split(self.fg_per_image))
-            if m is not None
-        ]
-        return cat(targets).to(device)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -361,19 +312,21 @@ class R2IOSROIHeads(StandardROIHeads):
         """
         box_features = [features[f] for f in self.box_in_features]
         scored = self.mask_head.score_maps(features)
-        rows = _TrainingRows(proposals, self.num_classes)
+        rows = TrainingRows(proposals, self.num_classes)
         conf: Optional[List[torch.Tensor]] = [] if self.conf_loss_weight > 0 else None
         iters, bg_ce, v_first = self._train_iterations(box_features, scored, rows, conf)
         t_prime = self._train_gate(iters, rows)
-        totals = self._train_losses(iters, bg_ce, t_prime, rows, with_conf=conf is not None)
-        self._probe_gradients(totals, scored, [v_first] + [it[3] for it in iters[1:]])
+        totals = self._train_losses(iters, bg_ce, t_prime, rows)
+        probe_gradients(
+            totals, scored, [v_first] + [it[3] for it in iters[1:]], self.grad_probe_period
+        )
         return totals
 
     def _train_iterations(
         self,
         box_features: List[torch.Tensor],
         scored: List[torch.Tensor],
-        rows: "_TrainingRows",
+        rows: TrainingRows,
         conf: Optional[List[torch.Tensor]],
     ) -> Tuple[list, torch.Tensor, torch.Tensor]:
         """Run the T iterations of training.
@@ -390,7 +343,7 @@ class R2IOSROIHeads(StandardROIHeads):
         )
         bg = rows.bg_rows
         bg_ce = F.cross_entropy(logits[bg], rows.gt_classes[bg], reduction="sum")
-        _put_scalar(
+        put_scalar(
             "r2ios/cls_accuracy_t1",
             (logits.argmax(1) == rows.gt_classes).float().mean().item() if len(logits) else 0.0,
         )
@@ -406,7 +359,7 @@ class R2IOSROIHeads(StandardROIHeads):
             iters.append((cur, *out, conf[-1] if conf else None))
         return iters, bg_ce, v
 
-    def _train_gate(self, iters: list, rows: "_TrainingRows") -> torch.Tensor:
+    def _train_gate(self, iters: list, rows: TrainingRows) -> torch.Tensor:
         """The reversible gate: ``t' = argmax_t p_{t,g}`` (first on ties) with ``GATE``,
         else the last iteration; iterations after ``t'`` drop out of the losses.
 
@@ -422,99 +375,25 @@ class R2IOSROIHeads(StandardROIHeads):
                 (num_fg,), len(iters) - 1, dtype=torch.long, device=rows.boxes.device
             )
         for t in range(self.num_iterations if num_fg else 0):  # histogram of t'
-            _put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
+            put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
         return t_prime
 
     def _train_losses(
-        self,
-        iters: list,
-        bg_ce: torch.Tensor,
-        t_prime: torch.Tensor,
-        rows: "_TrainingRows",
-        with_conf: bool,
+        self, iters: list, bg_ce: torch.Tensor, t_prime: torch.Tensor, rows: TrainingRows
     ) -> Dict[str, torch.Tensor]:
         """The losses of every iteration ``t <= t'``, summed over the iterations."""
-        num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, self.num_classes
-        loss_weight = self.box_predictor.loss_weight
-        mask_norm = max(num_fg, 1) if self.mask_loss_normalizer == "fg" else num_rois
-        totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
-        if with_conf:
-            totals["loss_mask_conf"] = 0.0
-        for t, (in_boxes, logits_t, deltas_t, v_t, c_t) in enumerate(iters):
-            counted = t_prime >= t
-            # Background rows count in iteration 1, and in every iteration without the gate.
-            with_bg = t == 0 or not self.gate
-            ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
-            loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
-            loss_cls = loss_cls + bg_ce if with_bg else loss_cls
-            # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
-            # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
-            loss_box = self.box_predictor.box_reg_loss(
-                in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
-            ) * (num_fg / num_rois)
-            targets = rows.mask_targets(in_boxes, self.mask_head.mask_size, v_t.device)
-            step = {
-                "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
-                "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
-                "loss_mask": self._mask_loss(v_t, targets, counted, mask_norm)
-                * self.mask_loss_weight,
-            }
-            if c_t is not None:
-                step["loss_mask_conf"] = (
-                    self._mask_loss(c_t, targets, counted, mask_norm) * self.conf_loss_weight
-                )
-            for k, value in step.items():
-                totals[k] = totals[k] + value
-                _put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
-            n_bg = rows.bg_rows.sum().item() if with_bg else 0
-            _put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
-        _put_scalar("r2ios/frac_moving", num_fg / num_rois)
-        return totals
-
-    def _mask_loss(
-        self,
-        logits: torch.Tensor,
-        targets: Optional[torch.Tensor],
-        counted: torch.Tensor,
-        norm: float,
-    ) -> torch.Tensor:
-        """Pixel-wise cross-entropy of (F, 2, M, M) mask logits against (F, M, M) targets,
-        summed over the ``counted`` rows and divided by ``norm``."""
-        if targets is None:  # keep the graph connected so every parameter gets a (zero) grad
-            return logits.sum() * 0.0
-        return (self.mask_head.per_roi_loss(logits, targets) * counted).sum() / norm
-
-    def _probe_gradients(
-        self,
-        losses: Dict[str, torch.Tensor],
-        scored: List[torch.Tensor],
-        mask_logits: List[torch.Tensor],
-    ) -> None:
-        """Log the norm of the gradient that each loss term sends into the segmentation branch
-        (the scored stride-8 map, i.e. what the seg branch and the scoring conv receive) and
-        into ``v`` (all iterations), every ``grad_probe_period`` iterations.
-
-        This is the measurement that shows whether the mask head learns from the mask loss or
-        is driven by the classification loss through the seg-aware feature.
-        """
-        if self.grad_probe_period <= 0 or not torch.is_grad_enabled():
-            return
-        try:
-            storage = get_event_storage()
-        except AssertionError:
-            return
-        if (storage.iter + 1) % self.grad_probe_period != 0:  # the rows metrics.json writes
-            return
-        seg = [x for x in scored if x.requires_grad]
-        inputs = seg + list(mask_logits)
-        for name, loss in losses.items():
-            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-                continue
-            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-            for where, part in (("seg", grads[: len(seg)]), ("v", grads[len(seg) :])):
-                if part:
-                    sq = sum(float(g.pow(2).sum()) for g in part if g is not None)
-                    storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))
+        return recursion_losses(
+            iters,
+            bg_ce,
+            t_prime,
+            rows,
+            box_predictor=self.box_predictor,
+            mask_head=self.mask_head,
+            gate=self.gate,
+            mask_loss_weight=self.mask_loss_weight,
+            conf_loss_weight=self.conf_loss_weight,
+            mask_loss_normalizer=self.mask_loss_normalizer,
+        )
 
     # --------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -584,7 +463,7 @@ class R2IOSROIHeads(StandardROIHeads):
                 break
             # Proposals iteration t runs on (SKIP_BACKGROUND drops background ones), for the
             # speed benchmark; skipped silently outside an EventStorage.
-            _put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
+            put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
             in_boxes = cur[active]
             logits, deltas, v = self._predict(
                 box_features, scored, split_by_image(in_boxes, image_idx[active], num_images)

@@ -1,0 +1,185 @@
+"""Markdown tables and goal checks of a speed benchmark result (``tools/benchmark_speed.py``)."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from tabulate import tabulate
+
+from .records import fmt
+
+__all__ = ["check_goals", "speed_markdown", "speed_tables"]
+
+
+def _inference_table(result: dict) -> str:
+    rows = [
+        [
+            fmt(r["width"], "g"),
+            r["method"],
+            r["proposals"],
+            r["T"] or "–",
+            "–" if r["skip_background"] is None or r["T"] == 1 else r["skip_background"],
+            fmt(r["heads_ms"]),
+            fmt(r["total_ms"]),
+            fmt(r["heads_ratio_to_baseline"], ".2f"),
+            fmt(r["total_ratio_to_baseline"], ".2f"),
+            "–" if r["active_per_iteration"] is None else str(r["active_per_iteration"]),
+            r["detections"],
+            fmt(r["heads_peak_mem_delta_mib"], ".0f"),
+        ]
+        for r in result["inference"]
+    ]
+    mem_col = "heads peak Δ MiB" + (" (CUDA alloc)" if result["device"] != "cpu" else " (RSS)")
+    head = ["width", "method", "proposals", "T", "skip bg", "heads ms", "total ms"]
+    head += ["heads ×base", "total ×base", "active/iter", "dets", mem_col]
+    return tabulate(rows, head, tablefmt="github")
+
+
+def _train_table(result: dict) -> str:
+    rows = [
+        [
+            fmt(r["width"], "g"),
+            r["method"],
+            r["T"] or "–",
+            "–" if r["gate"] is None else r["gate"],
+            r["images"],
+            r["proposals"],
+            fmt(r["step_ms"]),
+            fmt(r["ratio_to_T1"], ".2f"),
+            fmt(r["ratio_to_baseline"], ".2f"),
+            fmt(r["peak_mem_delta_mib"], ".0f"),
+        ]
+        for r in result["train"]
+    ]
+    head = ["width", "method", "T", "gate", "images", "proposals", "step ms"]
+    head += ["×T=1", "×base", "peak Δ MiB"]
+    return tabulate(rows, head, tablefmt="github")
+
+
+def _widths_table(result: dict) -> str:
+    rows = [
+        [
+            fmt(f["width"], "g"),
+            fmt(f["backbone_ms"]),
+            fmt(f["backbone_peak_mem_delta_mib"], ".0f"),
+            fmt(f["backbone_peak_mem_mib"], ".0f"),
+            fmt(f["bg_fraction_t1_r2ios"], ".3f"),
+            fmt(f["bg_fraction_t1_baseline"], ".3f"),
+            fmt(f["params_r2ios_m"], ".1f"),
+            f["repeats"],
+        ]
+        for f in result["widths"]
+    ]
+    head = ["width", "backbone ms", "backbone peak Δ MiB", "backbone peak MiB (CUDA)"]
+    head += ["bg frac t=1 R2-IOS", "bg frac t=1 baseline", "params R2-IOS (M)", "repeats"]
+    return tabulate(rows, head, tablefmt="github")
+
+
+def speed_tables(result: dict) -> Dict[str, str]:
+    """Markdown tables of a speed result: inference, train step, per-width facts, goals."""
+    goals = [[g["goal"], g["measured"], g["met"]] for g in result["goals"]]
+    return {
+        "inference": _inference_table(result),
+        "train": _train_table(result),
+        "widths": _widths_table(result),
+        "goals": tabulate(goals, ["goal", "measured", "met"], tablefmt="github"),
+    }
+
+
+def speed_markdown(result: dict, header: str, quick: bool) -> str:
+    """The whole Markdown file of a speed result, ``header`` (command, machine) first."""
+    t = speed_tables(result)
+    device = result["device"].split(":")[0]
+    h, w = result["image_hw"]
+    return (
+        f"# Speed and memory ({device}{', quick' if quick else ''})\n\n"
+        f"{header}\nImage {h}×{w}. "
+        f"{result['note']}\n\n## Inference, one image\n\n{t['inference']}\n\n"
+        f"## Per width\n\n{t['widths']}\n\n## Train step\n\n{t['train']}\n\n"
+        f"## Goals\n\n{t['goals']}\n"
+    )
+
+
+def _inference_goals(result: dict, width: float) -> List[dict]:
+    """T=4 vs T=1 per image at ``width`` and, for full VGG-16 on CUDA, memory and time."""
+    device, inference = result["device"], result["inference"]
+
+    def inf(T: int, n: int) -> dict:
+        return next(
+            r
+            for r in inference
+            if r["width"] == width
+            and r["method"] == "R2-IOS"
+            and r["T"] == T
+            and r["proposals"] == n
+            and (T == 1 or r["skip_background"])
+        )
+
+    n = max(r["proposals"] for r in inference)
+    if not {1, 4} <= {r["T"] for r in inference}:
+        return []
+    ratio = inf(4, n)["total_ms"] / inf(1, n)["total_ms"]
+    heads_ratio = inf(4, n)["heads_ms"] / inf(1, n)["heads_ms"]
+    goals = [
+        {
+            "goal": f"inference T=4 ≤ 1.3× T=1 ({device}, width {width:g}, {n} proposals, "
+            "per image incl. backbone, skip bg on)",
+            "measured": f"{ratio:.2f}× (heads only {heads_ratio:.2f}×)",
+            "met": ratio <= 1.3,
+        }
+    ]
+    if device.startswith("cuda") and width == 1.0:
+        row = inf(4, n)
+        facts = next(f for f in result["widths"] if f["width"] == width)
+        peak = max(row["heads_peak_mem_mib"] or 0, facts["backbone_peak_mem_mib"] or 0)
+        goals.append(
+            {
+                "goal": f"full VGG-16, {n} proposals, T=4 fits in 2 GB ({device})",
+                "measured": f"{peak:.0f} MiB peak allocated",
+                "met": peak <= 2048,
+            }
+        )
+        goals.append(
+            {
+                "goal": f"full VGG-16, {n} proposals, T=4 well under 100 ms/image",
+                "measured": f"{row['total_ms']:.1f} ms",
+                "met": row["total_ms"] < 100,
+            }
+        )
+    return goals
+
+
+def _train_goals(result: dict, width: float) -> List[dict]:
+    """Train step T=4 vs T=1 at ``width``, gate off and on."""
+    rows = [r for r in result["train"] if r["width"] == width and r["method"] == "R2-IOS"]
+    goals = []
+    for gate in (False, True):
+        r4 = next((r for r in rows if r["T"] == 4 and r["gate"] == gate), None)
+        if r4:
+            goals.append(
+                {
+                    "goal": f"train step T=4 ≤ 1.8× T=1 ({result['device']}, width {width:g}, "
+                    f"gate {'on' if gate else 'off'})",
+                    "measured": f"{r4['ratio_to_T1']:.2f}×",
+                    "met": r4["ratio_to_T1"] <= 1.8,
+                }
+            )
+    return goals
+
+
+def check_goals(result: dict) -> List[dict]:
+    """The speed goals of the issue, checked on what was measured (median times)."""
+    goals = []
+    for width in sorted({r["width"] for r in result["inference"]}):
+        goals += _inference_goals(result, width)
+    for width in sorted({r["width"] for r in result["train"]}):
+        goals += _train_goals(result, width)
+    if not result["device"].startswith("cuda"):
+        goals.append(
+            {
+                "goal": "full VGG-16, 2000 proposals, T=4: ≤ 2 GB and ≪ 100 ms/image on a GPU",
+                "measured": "not measured (no GPU): run --speed --device cuda --widths 1.0",
+                "met": None,
+            }
+        )
+    return goals

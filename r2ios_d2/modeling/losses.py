@@ -1,0 +1,185 @@
+"""Training losses of the R2-IOS recursion: the batch as rows, the per-iteration losses with
+the reversible gate, and the gradient probes."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch.nn import functional as F
+
+from .mask_head import R2IOSMaskHead
+from .recursion import flatten_proposals
+
+__all__ = ["TrainingRows", "mask_loss", "probe_gradients", "put_scalar", "recursion_losses"]
+
+
+def put_scalar(name: str, value: float) -> None:
+    """``storage.put_scalar`` inside a detectron2 EventStorage, a no-op outside one."""
+    # Training runs inside an EventStorage; plain forward passes (tests, scripts) may not.
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    storage.put_scalar(name, value)
+
+
+class TrainingRows:
+    """The sampled proposals of a training batch as image-ordered rows: boxes, images and
+    labels, the foreground subset with its ground truth (F rows)."""
+
+    def __init__(self, proposals: List[Instances], num_classes: int) -> None:
+        k = num_classes
+        self.num_images = len(proposals)
+        self.boxes, self.image_idx, self.hw = flatten_proposals(proposals, "proposal_boxes")
+        self.num_rois = max(len(self.boxes), 1)
+        self.gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        gt_boxes = cat(
+            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals]
+        )
+        self.fg_idx = torch.nonzero((self.gt_classes >= 0) & (self.gt_classes < k)).squeeze(1)
+        self.bg_rows = self.gt_classes == k  # ignored (-1) rows count nowhere
+        self.fg_cls = self.gt_classes[self.fg_idx]
+        self.fg_gt_boxes = gt_boxes[self.fg_idx]
+        self.fg_image = self.image_idx[self.fg_idx]
+        self.fg_per_image = torch.bincount(self.fg_image, minlength=self.num_images).tolist()
+        self.fg_masks = []  # per image: the matched GT instance of each foreground proposal
+        for p, n in zip(proposals, self.fg_per_image):
+            local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < k)).squeeze(1)
+            self.fg_masks.append(p.gt_masks[local] if n > 0 else None)
+
+    def mask_targets(
+        self, boxes: torch.Tensor, size: int, device: torch.device
+    ) -> Optional[torch.Tensor]:
+        """(F, size, size) mask targets: each foreground row's matched instance in the frame
+        of its box in ``boxes`` (F, 4); None without foreground rows."""
+        if len(self.fg_idx) == 0:
+            return None
+        targets = [
+            m.crop_and_resize(b, size)
+            for m, b in zip(self.fg_masks, boxes.split(self.fg_per_image))
+            if m is not None
+        ]
+        return cat(targets).to(device)
+
+
+def recursion_losses(
+    iters: list,
+    bg_ce: torch.Tensor,
+    t_prime: torch.Tensor,
+    rows: TrainingRows,
+    *,
+    box_predictor: FastRCNNOutputLayers,
+    mask_head: R2IOSMaskHead,
+    gate: bool,
+    mask_loss_weight: float,
+    conf_loss_weight: float,
+    mask_loss_normalizer: str,
+) -> Dict[str, torch.Tensor]:
+    """The losses of every iteration ``t <= t'``, summed over the iterations; each iteration
+    normalised like one Fast R-CNN step (by the number of sampled RoIs; the mask losses by
+    ``mask_loss_normalizer``: "fg" = foreground rows, "rois" = all sampled rows).
+
+    Args:
+        iters: per iteration, the foreground rows' ``(l_{t-1}, logits (F, K+1), deltas,
+            v (F, 2, M, M), C (F, 2, M, M) or None)``.
+        bg_ce: summed classification loss of the background rows (iteration 1).
+        t_prime: (F,) 0-based gate iteration of each foreground row.
+        rows: the batch's rows.
+        box_predictor: gives the box loss and the loss weights.
+        mask_head: gives the per-RoI mask loss and M.
+        gate: training with the reversible gate (background rows then count once).
+        mask_loss_weight, conf_loss_weight: weights of ``loss_mask`` and ``loss_mask_conf``
+            (the latter only if ``iters`` carry ``C``).
+
+    Returns:
+        ``loss_cls``, ``loss_box_reg``, ``loss_mask`` and (with ``C``) ``loss_mask_conf``.
+    """
+    num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, box_predictor.num_classes
+    loss_weight = box_predictor.loss_weight
+    mask_norm = max(num_fg, 1) if mask_loss_normalizer == "fg" else num_rois
+    totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
+    if iters[0][4] is not None:
+        totals["loss_mask_conf"] = 0.0
+    for t, (in_boxes, logits_t, deltas_t, v_t, c_t) in enumerate(iters):
+        counted = t_prime >= t
+        # Background rows count in iteration 1, and in every iteration without the gate.
+        with_bg = t == 0 or not gate
+        ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
+        loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
+        loss_cls = loss_cls + bg_ce if with_bg else loss_cls
+        # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
+        # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
+        loss_box = box_predictor.box_reg_loss(
+            in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
+        ) * (num_fg / num_rois)
+        targets = rows.mask_targets(in_boxes, mask_head.mask_size, v_t.device)
+        step = {
+            "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
+            "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
+            "loss_mask": mask_loss(mask_head, v_t, targets, counted, mask_norm) * mask_loss_weight,
+        }
+        if c_t is not None:
+            step["loss_mask_conf"] = (
+                mask_loss(mask_head, c_t, targets, counted, mask_norm) * conf_loss_weight
+            )
+        for k, value in step.items():
+            totals[k] = totals[k] + value
+            put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
+        n_bg = rows.bg_rows.sum().item() if with_bg else 0
+        put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
+    put_scalar("r2ios/frac_moving", num_fg / num_rois)
+    return totals
+
+
+def mask_loss(
+    mask_head: R2IOSMaskHead,
+    logits: torch.Tensor,
+    targets: Optional[torch.Tensor],
+    counted: torch.Tensor,
+    norm: float,
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy of (F, 2, M, M) mask logits against (F, M, M) targets,
+    summed over the ``counted`` rows and divided by ``norm``."""
+    if targets is None:  # keep the graph connected so every parameter gets a (zero) grad
+        return logits.sum() * 0.0
+    return (mask_head.per_roi_loss(logits, targets) * counted).sum() / norm
+
+
+def probe_gradients(
+    losses: Dict[str, torch.Tensor],
+    scored: List[torch.Tensor],
+    mask_logits: List[torch.Tensor],
+    period: int,
+) -> None:
+    """Log the norm of the gradient that each loss term sends into the segmentation branch
+    (the scored stride-8 map, i.e. what the seg branch and the scoring conv receive) and
+    into ``v`` (all iterations) as ``r2ios/grad_seg/<loss>`` and ``r2ios/grad_v/<loss>``,
+    every ``period`` iterations (0 = never).
+
+    This is the measurement that shows whether the mask head learns from the mask loss or
+    is driven by the classification loss through the seg-aware feature.
+    """
+    if period <= 0 or not torch.is_grad_enabled():
+        return
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    if (storage.iter + 1) % period != 0:  # the rows metrics.json writes
+        return
+    seg = [x for x in scored if x.requires_grad]
+    inputs = seg + list(mask_logits)
+    for name, loss in losses.items():
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            continue
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        for where, part in (("seg", grads[: len(seg)]), ("v", grads[len(seg) :])):
+            if part:
+                sq = sum(float(g.pow(2).sum()) for g in part if g is not None)
+                storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))

@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""R2-IOS speed and memory against Mask R-CNN-style heads (``tools/benchmark.py --speed``).
+
+Inference time per image and peak memory of ``R2IOSROIHeads`` for T in {1..4}, several
+proposal counts and ``SKIP_BACKGROUND`` on/off, against detectron2's ``StandardROIHeads``
+(Fast R-CNN box head + ``MaskRCNNConvUpsampleHead``) on the same backbone features and
+proposals, all in one process; and the train-step time (forward + backward + SGD step) for
+T = 1 vs T = 4, gate off/on. Random weights: the background logit bias of both models is
+shifted so that a chosen fraction of the proposals (default 90 %) is predicted background at
+the first iteration, as a trained detector on selective-search proposals does. How many
+proposals each R2-IOS iteration ran on is what the heads report to detectron2's
+``EventStorage`` (``r2ios/test_active_t<t>``).
+
+    python tools/benchmark_speed.py                         # CPU, tiny and full VGG-16 widths
+    python tools/benchmark_speed.py --device cuda --widths 1.0
+    python tools/benchmark_speed.py --quick                 # first width, 2 repeats
+
+Results (JSON + Markdown) go to ``benchmarks/results/speed_<device>[_quick][_<tag>]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.modeling import build_model, build_roi_heads
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.utils.events import EventStorage
+from tqdm import tqdm
+
+import r2ios_d2  # noqa: F401  (registers the model parts)
+from r2ios_d2.benchmarking.records import (
+    PeakMemory,
+    add_result_arguments,
+    machine_info,
+    result_header,
+    sync,
+    write_result,
+)
+from r2ios_d2.benchmarking.speed_report import check_goals, speed_markdown, speed_tables
+from r2ios_d2.benchmarking.speed_setup import (
+    active_per_iteration,
+    baseline_cfg,
+    random_proposals,
+    shift_background_bias,
+    speed_cfg,
+    train_batch,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("r2ios_d2.benchmark")
+
+
+@dataclass
+class _Case:
+    """One timed configuration of the inference benchmark."""
+
+    method: str  # "R2-IOS" or "baseline"
+    proposals: int
+    T: int = 0
+    skip: Optional[bool] = None
+
+
+def _timed(fn: Callable[[], object], device: str) -> Tuple[object, float]:
+    """``fn()`` and its wall seconds (device work included)."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _time_backbone(model, images, device: str, repeats: int):
+    """Backbone features of ``images``, median ms over ``repeats`` and its peak memory."""
+
+    @torch.no_grad()
+    def backbone():
+        return model.backbone(images.tensor)
+
+    backbone()
+    times = [_timed(backbone, device)[1] for _ in range(repeats)]
+    with PeakMemory(device) as mem:
+        feats = backbone()
+        sync(device)
+    return feats, 1000 * statistics.median(times), mem
+
+
+def _inference_cases(args) -> List[_Case]:
+    cases = []
+    for n in args.proposals:
+        cases.append(_Case("baseline", n))
+        for T in args.iterations:
+            for skip in (True, False) if T > 1 else (True,):  # identical paths at T = 1
+                cases.append(_Case("R2-IOS", n, T, skip))
+    return cases
+
+
+def _time_cases(run: Callable[[_Case], int], cases: List[_Case], args, width, repeats) -> dict:
+    """Warm-up, then round-robin repeats (load changes on a shared machine hit all cases
+    alike). Per case: times, detections, per-iteration counts and memory of the last repeat."""
+    run(_Case("R2-IOS", min(args.proposals), 1, True))
+    run(_Case("baseline", min(args.proposals)))
+    m = {k: {} for k in ("counts", "detections", "memory")}
+    m["times"] = {i: [] for i in range(len(cases))}
+    for r in tqdm(range(repeats), desc=f"inference width {width:g}", leave=False):
+        for i, case in enumerate(cases):
+            # Memory on the last repeat only: on CPU its malloc_trim makes the call page in.
+            mem = PeakMemory(args.device if r == repeats - 1 else "none")
+            with EventStorage() as storage, mem:  # the heads report their per-iteration counts
+                m["detections"][i], seconds = _timed(lambda c=case: run(c), args.device)
+            m["times"][i].append(seconds)
+            m["counts"][i], m["memory"][i] = active_per_iteration(storage), mem
+    return m
+
+
+def _inference_rows(cases: List[_Case], m: dict, width: float, backbone_ms: float) -> List[dict]:
+    rows = []
+    for i, case in enumerate(cases):
+        heads_ms = 1000 * statistics.median(m["times"][i])
+        rows.append(
+            {
+                "width": width,
+                "method": case.method,
+                "proposals": case.proposals,
+                "T": case.T or None,
+                "skip_background": case.skip,
+                "heads_ms": heads_ms,
+                "heads_ms_all": [1000 * t for t in m["times"][i]],
+                "total_ms": backbone_ms + heads_ms,
+                "active_per_iteration": m["counts"][i] if case.method == "R2-IOS" else None,
+                "detections": m["detections"][i],
+                "heads_peak_mem_delta_mib": m["memory"][i].delta,
+                "heads_peak_mem_mib": m["memory"][i].peak,
+            }
+        )
+    for row in rows:  # ratios to the baseline with the same proposals
+        base = next(
+            r for r in rows if r["method"] == "baseline" and r["proposals"] == row["proposals"]
+        )
+        row["heads_ratio_to_baseline"] = row["heads_ms"] / base["heads_ms"]
+        row["total_ratio_to_baseline"] = row["total_ms"] / base["total_ms"]
+    return rows
+
+
+def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]:
+    """Inference rows (one per method/T/proposals/skip) and per-width facts at one width."""
+    device, (h, w) = args.device, args.image_size
+    cfg = speed_cfg(width, device)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.manual_seed(0)
+    base_heads = build_roi_heads(baseline_cfg(cfg), model.backbone.output_shape()).to(device)
+    base_heads.eval()
+    heads = model.roi_heads
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator())
+    images = model.preprocess_image([{"image": image.to(device)}])
+    feats, backbone_ms, backbone_mem = _time_backbone(model, images, device, repeats)
+
+    all_props = random_proposals(max(args.proposals), h, w, device)
+    bg_r2ios = shift_background_bias(heads, feats, all_props.proposal_boxes, args.bg_fraction)
+    bg_base = shift_background_bias(base_heads, feats, all_props.proposal_boxes, args.bg_fraction)
+    props = {n: [all_props[:n]] for n in args.proposals}
+
+    @torch.no_grad()
+    def run(case: _Case) -> int:
+        """One image through the heads and ``detector_postprocess`` (mask pasting)."""
+        if case.method == "baseline":
+            out, _ = base_heads(images, feats, props[case.proposals])
+        else:
+            heads.test_num_iterations, heads.skip_background = case.T, case.skip
+            out, _ = heads(images, feats, props[case.proposals])
+        detector_postprocess(out[0], h, w)
+        return len(out[0])
+
+    cases = _inference_cases(args)
+    rows = _inference_rows(cases, _time_cases(run, cases, args, width, repeats), width, backbone_ms)
+    facts = {
+        "width": width,
+        "backbone_ms": backbone_ms,
+        "backbone_peak_mem_delta_mib": backbone_mem.delta,
+        "backbone_peak_mem_mib": backbone_mem.peak,
+        "bg_fraction_t1_r2ios": bg_r2ios,
+        "bg_fraction_t1_baseline": bg_base,
+        "params_r2ios_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "params_baseline_heads_m": sum(p.numel() for p in base_heads.parameters()) / 1e6,
+        "repeats": repeats,
+    }
+    return rows, facts
+
+
+def _train_rows(args, width: float, times: dict, memory: dict) -> List[dict]:
+    rows = [
+        {
+            "width": width,
+            "method": method,
+            "T": T,
+            "gate": gate,
+            "images": args.train_images,
+            "proposals": max(args.proposals),
+            "step_ms": 1000 * statistics.median(times[(method, T, gate)]),
+            "step_ms_all": [1000 * t for t in times[(method, T, gate)]],
+            "peak_mem_delta_mib": memory[(method, T, gate)].delta,
+            "peak_mem_mib": memory[(method, T, gate)].peak,
+        }
+        for method, T, gate in times
+    ]
+    ref = next(r for r in rows if r["method"] == "R2-IOS" and r["T"] == 1)
+    for row in rows:
+        row["ratio_to_T1"] = row["step_ms"] / ref["step_ms"]
+        row["ratio_to_baseline"] = row["step_ms"] / rows[0]["step_ms"]
+    return rows
+
+
+def bench_train(args, width: float, repeats: int) -> List[dict]:
+    """Train-step time (forward + backward + SGD step) of R2-IOS for T in {1, 4}, gate off/on,
+    and of the baseline, on the same batch (``--train-images`` images, 2000 proposals)."""
+    device, (h, w) = args.device, args.image_size
+    cfg = speed_cfg(width, device)
+    batch = train_batch(h, w, args.train_images, max(args.proposals), 20, device)
+    torch.manual_seed(0)
+    nets = {"R2-IOS": build_model(cfg).train()}
+    torch.manual_seed(0)
+    nets["baseline"] = build_model(baseline_cfg(cfg)).train()
+    optims = {k: torch.optim.SGD(n.parameters(), lr=1e-6, momentum=0.9) for k, n in nets.items()}
+    cases = [("baseline", None, None), ("R2-IOS", 1, False), ("R2-IOS", 4, False)]
+    cases += [("R2-IOS", 4, True)]
+
+    def step(case) -> float:
+        method, T, gate = case
+        if method == "R2-IOS":
+            nets[method].roi_heads.num_iterations, nets[method].roi_heads.gate = T, gate
+        torch.manual_seed(0)  # same RoI sampling in every case
+        optims[method].zero_grad(set_to_none=True)
+        with EventStorage():
+            losses = nets[method](batch)
+            total = sum(losses.values())
+        total.backward()
+        optims[method].step()
+        return float(total.detach())
+
+    step(cases[0])  # warm-up
+    step(cases[1])
+    times, memory = {c: [] for c in cases}, {}
+    for r in tqdm(range(repeats), desc=f"train width {width:g}", leave=False):
+        for case in cases:
+            with PeakMemory(device if r == repeats - 1 else "none") as mem:
+                times[case].append(_timed(lambda c=case: step(c), device)[1])
+            memory[case] = mem
+    return _train_rows(args, width, times, memory)
+
+
+def _note(args) -> str:
+    memory = (
+        "torch.cuda.max_memory_allocated."
+        if args.device.startswith("cuda")
+        else "CPU peak RSS growth during the call (VmHWM reset via /proc/self/clear_refs, "
+        "after malloc_trim); includes allocator caching, approximate."
+    )
+    return (
+        "Random weights: the background logit bias of each model is shifted so that "
+        f"{args.bg_fraction:.0%} of the proposals are predicted background at iteration 1 "
+        "(bg frac columns: reached). Heads time = ROI heads + detector_postprocess (mask "
+        "pasting) for one image; total = backbone + heads. Median over repeats, cases run "
+        "round-robin in one process. Memory: " + memory
+    )
+
+
+def run_speed(args) -> dict:
+    """The whole speed benchmark: inference and train step at every width."""
+    result = {
+        "machine": machine_info(args.device),
+        "device": args.device,
+        "image_hw": list(args.image_size),
+        "bg_fraction_target": args.bg_fraction,
+        "note": _note(args),
+        "inference": [],
+        "train": [],
+        "widths": [],
+    }
+    for width in args.widths:
+        full = width >= 1.0 and not args.device.startswith("cuda")
+        repeats = args.full_repeats if full else args.repeats
+        logger.info("speed: width %g, %d repeats", width, repeats)
+        rows, facts = bench_inference(args, width, repeats)
+        gc.collect()  # the models of the previous width are gone with their function
+        result["inference"] += rows
+        result["widths"].append(facts)
+        if not args.no_train:
+            result["train"] += bench_train(args, width, repeats)
+    result["goals"] = check_goals(result)
+    return result
+
+
+# What --quick does here (also quoted by tools/benchmark.py).
+QUICK_HELP = "at the first width only with 2 repeats"
+
+
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the speed benchmark, as an argument group of ``p``."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    g.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0], help="VGG widths")
+    g.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4], help="T values")
+    g.add_argument("--proposals", type=int, nargs="+", default=[300, 1000, 2000])
+    g.add_argument("--image-size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"))
+    g.add_argument("--bg-fraction", type=float, default=0.9, help="background at iteration 1")
+    g.add_argument("--repeats", type=int, default=5, help="timed repeats (tiny widths, CUDA)")
+    g.add_argument("--full-repeats", type=int, default=1, help="timed repeats, width 1 on CPU")
+    g.add_argument("--train-images", type=int, default=2, help="images per train step")
+    g.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_result_arguments(p, QUICK_HELP)
+    add_speed_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark of ``args``; write and print its tables. Returns the result."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.widths, args.repeats = args.widths[:1], min(args.repeats, 2)
+    result = run_speed(args)
+    device = args.device.split(":")[0]
+    stem = f"speed_{device}{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"
+    md = speed_markdown(result, result_header(result), args.quick)
+    write_result((REPO / args.results_dir).resolve(), stem, result, md)
+    tables = speed_tables(result)
+    for name in ("inference", "widths", "train", "goals"):
+        print(f"\n{name}\n{tables[name]}")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
