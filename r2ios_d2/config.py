@@ -16,8 +16,14 @@ def add_r2ios_config(cfg: CN) -> None:
     """
     if "R2IOS" in cfg.MODEL:
         return
-    _C = cfg
+    _add_vgg_config(cfg)
+    _add_r2ios_model_config(cfg)
+    _add_training_config(cfg)
+    _add_r2ios_test_config(cfg)
+    _add_data_and_solver_config(cfg)
 
+
+def _add_vgg_config(_C: CN) -> None:
     # ---------------------------------------------------------------- VGG-16 two-branch backbone
     _C.MODEL.VGG = CN()
     # Channel multiplier of every conv/fc layer (1.0 = VGG-16; tests use 1/8 or 1/16).
@@ -36,6 +42,8 @@ def add_r2ios_config(cfg: CN) -> None:
     # Dropout probability after the seg branch's fc6/fc7 convs in training (0 = off).
     _C.MODEL.VGG.SEG_FC_DROPOUT = 0.0
 
+
+def _add_r2ios_model_config(_C: CN) -> None:
     # ------------------------------------------------------------------------------ R2-IOS
     _C.MODEL.R2IOS = CN()
     # T: recursive iterations in training (paper: 4; 1 = "recursive only in testing").
@@ -55,6 +63,7 @@ def add_r2ios_config(cfg: CN) -> None:
     # (The mask head is chosen by MODEL.ROI_MASK_HEAD.NAME: "InstanceAwareAEMaskHead" (the
     # paper's autoencoder), "R2IOSConvMaskHead" (v = C, no AE) or "R2IOSFCMaskHead" (two FC
     # 3200 layers, no bottleneck).)
+
     # Side of the pooled confidence maps and of the predicted masks (paper: 40).
     _C.MODEL.R2IOS.MASK_SIZE = 40
     # Width of the AE bottleneck (paper: 512).
@@ -67,6 +76,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.MASK_LOSS_WEIGHT = 1.0
     # Init std of the mask scoring conv and the AE/fc layers (paper: 0.001).
     _C.MODEL.R2IOS.MASK_INIT_STD = 0.001
+
+
+def _add_training_config(_C: CN) -> None:
     # --- Training aids the paper does not describe (README, "Why the masks did not learn").
     # --- The paper's text: SEG_AWARE_INPUT "logits", SEG_AWARE_SCALE 1, SEG_AWARE_GRAD_SCALE 1,
     # --- CONF_LOSS_WEIGHT 0 (configs/ablations/paper_literal*.yaml).
@@ -91,6 +103,13 @@ def add_r2ios_config(cfg: CN) -> None:
     # Init std of the class scores (paper: 0.01) and of the box deltas (paper: 0.001).
     _C.MODEL.R2IOS.CLS_INIT_STD = 0.01
     _C.MODEL.R2IOS.BOX_INIT_STD = 0.001
+    # Normaliser of each iteration's mask loss: "fg" = number of sampled foreground RoIs
+    # (mean over foreground RoIs and pixels, as Mask R-CNN), "rois" = all sampled RoIs (as
+    # the Fast R-CNN box loss).
+    _C.MODEL.R2IOS.MASK_LOSS_NORMALIZER = "fg"
+
+
+def _add_r2ios_test_config(_C: CN) -> None:
     # Test-time speed lever: proposals predicted background leave the loop (outputs identical).
     _C.MODEL.R2IOS.SKIP_BACKGROUND = True
     # Output: "proposal" = one detection per surviving proposal (paper); "per_class" = Fast
@@ -110,11 +129,9 @@ def add_r2ios_config(cfg: CN) -> None:
     _C.MODEL.R2IOS.TEST_RECORD_TRACE = False
     # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
     _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
-    # Normaliser of each iteration's mask loss: "fg" = number of sampled foreground RoIs
-    # (mean over foreground RoIs and pixels, as Mask R-CNN), "rois" = all sampled RoIs (as
-    # the Fast R-CNN box loss).
-    _C.MODEL.R2IOS.MASK_LOSS_NORMALIZER = "fg"
 
+
+def _add_data_and_solver_config(_C: CN) -> None:
     # ----------------------------------------------------------------------- checkpoints
     # Read .pkl weight files (pickle can run code when loaded: only for files you trust).
     _C.MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS = False

@@ -90,6 +90,23 @@ class VGG16TwoBranch(Backbone):
 
         # blocks[k] lists the layer names of conv block k+1; used for freezing.
         self._blocks: List[List[str]] = [[] for _ in range(6)]
+        self._add_layers(in_channels, ch, fc_dim, seg_conv5_dilation, seg_fc6_dilation)
+        self.seg_fc_dropout = nn.Dropout(seg_fc_dropout) if seg_fc_dropout > 0 else nn.Identity()
+
+        self._out_features = list(out_features)
+        self._out_feature_strides = {"det": 16, "seg": 8}
+        self._out_feature_channels = {"det": ch[4], "seg": fc_dim}
+        self.freeze(freeze_at)
+
+    def _add_layers(
+        self,
+        in_channels: int,
+        ch: List[int],
+        fc_dim: int,
+        seg_conv5_dilation: int,
+        seg_fc6_dilation: int,
+    ) -> None:
+        """The shared trunk (conv1-conv3), each branch's conv4/conv5, and seg_fc6/fc7."""
         prev = in_channels
         for b in range(3):  # shared trunk
             for i in range(_BLOCK_DEPTHS[b]):
@@ -103,12 +120,6 @@ class VGG16TwoBranch(Backbone):
                     prev = self._add_conv(name, prev, ch[b], b, dilation=dilation)
         self._add_conv("seg_fc6", ch[4], fc_dim, 5, dilation=seg_fc6_dilation)
         self._add_conv("seg_fc7", fc_dim, fc_dim, 5, kernel_size=1)
-        self.seg_fc_dropout = nn.Dropout(seg_fc_dropout) if seg_fc_dropout > 0 else nn.Identity()
-
-        self._out_features = list(out_features)
-        self._out_feature_strides = {"det": 16, "seg": 8}
-        self._out_feature_channels = {"det": ch[4], "seg": fc_dim}
-        self.freeze(freeze_at)
 
     def _add_conv(
         self,

@@ -100,34 +100,21 @@ def recursion_losses(
     Returns:
         ``loss_cls``, ``loss_box_reg``, ``loss_mask`` and (with ``C``) ``loss_mask_conf``.
     """
-    num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, box_predictor.num_classes
-    loss_weight = box_predictor.loss_weight
+    num_fg, num_rois = len(rows.fg_idx), rows.num_rois
     mask_norm = max(num_fg, 1) if mask_loss_normalizer == "fg" else num_rois
     totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
     if iters[0][4] is not None:
         totals["loss_mask_conf"] = 0.0
-    for t, (in_boxes, logits_t, deltas_t, v_t, c_t) in enumerate(iters):
+    for t, it in enumerate(iters):
         counted = t_prime >= t
         # Background rows count in iteration 1, and in every iteration without the gate.
         with_bg = t == 0 or not gate
-        ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
-        loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
-        loss_cls = loss_cls + bg_ce if with_bg else loss_cls
-        # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
-        # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
-        loss_box = box_predictor.box_reg_loss(
-            in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
-        ) * (num_fg / num_rois)
-        targets = rows.mask_targets(in_boxes, mask_head.mask_size, v_t.device)
-        step = {
-            "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
-            "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
-            "loss_mask": mask_loss(mask_head, v_t, targets, counted, mask_norm) * mask_loss_weight,
-        }
-        if c_t is not None:
-            step["loss_mask_conf"] = (
-                mask_loss(mask_head, c_t, targets, counted, mask_norm) * conf_loss_weight
-            )
+        step = _iteration_losses(
+            it, bg_ce if with_bg else None, counted, rows, box_predictor, mask_head, mask_norm
+        )
+        step["loss_mask"] = step["loss_mask"] * mask_loss_weight
+        if "loss_mask_conf" in step:
+            step["loss_mask_conf"] = step["loss_mask_conf"] * conf_loss_weight
         for k, value in step.items():
             totals[k] = totals[k] + value
             put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
@@ -135,6 +122,40 @@ def recursion_losses(
         put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
     put_scalar("r2ios/frac_moving", num_fg / num_rois)
     return totals
+
+
+def _iteration_losses(
+    it: tuple,
+    bg_ce: Optional[torch.Tensor],
+    counted: torch.Tensor,
+    rows: TrainingRows,
+    box_predictor: FastRCNNOutputLayers,
+    mask_head: R2IOSMaskHead,
+    mask_norm: float,
+) -> Dict[str, torch.Tensor]:
+    """The unweighted mask losses and the weighted cls/box losses of one iteration ``it``
+    (see :func:`recursion_losses`) over the ``counted`` foreground rows, plus the background
+    rows' ``bg_ce`` if given."""
+    in_boxes, logits_t, deltas_t, v_t, c_t = it
+    num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, box_predictor.num_classes
+    loss_weight = box_predictor.loss_weight
+    ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
+    loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
+    loss_cls = loss_cls + bg_ce if bg_ce is not None else loss_cls
+    # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
+    # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
+    loss_box = box_predictor.box_reg_loss(
+        in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
+    ) * (num_fg / num_rois)
+    targets = rows.mask_targets(in_boxes, mask_head.mask_size, v_t.device)
+    step = {
+        "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
+        "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
+        "loss_mask": mask_loss(mask_head, v_t, targets, counted, mask_norm),
+    }
+    if c_t is not None:
+        step["loss_mask_conf"] = mask_loss(mask_head, c_t, targets, counted, mask_norm)
+    return step
 
 
 def mask_loss(

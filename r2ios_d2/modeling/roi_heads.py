@@ -56,6 +56,43 @@ OUTPUT_MODES = ("proposal", "per_class")
 NMS_TYPES = ("box", "mask")
 MASK_LOSS_NORMALIZERS = ("fg", "rois")
 
+# The arguments of R2IOSROIHeads that are MODEL.R2IOS keys (from_config reads them).
+CONFIG_KEYS = {
+    "num_iterations": "NUM_ITERATIONS",
+    "test_num_iterations": "TEST_NUM_ITERATIONS",
+    "gate": "GATE",
+    "gate_score": "GATE_SCORE",
+    "test_gate": "TEST_GATE",
+    "mask_from_output_box": "TEST_MASK_FROM_OUTPUT_BOX",
+    "skip_background": "SKIP_BACKGROUND",
+    "output_mode": "OUTPUT_MODE",
+    "nms_type": "NMS_TYPE",
+    "reframe_mask": "REFRAME_MASK",
+    "record_trace": "TEST_RECORD_TRACE",
+    "mask_threshold": "MASK_THRESHOLD",
+    "mask_loss_weight": "MASK_LOSS_WEIGHT",
+    "mask_loss_normalizer": "MASK_LOSS_NORMALIZER",
+    "conf_loss_weight": "CONF_LOSS_WEIGHT",
+    "grad_probe_period": "GRAD_PROBE_PERIOD",
+}
+
+
+def _check_settings(settings: Dict[str, object]) -> None:
+    """Raise ``ValueError`` naming the first invalid :data:`CONFIG_KEYS` argument."""
+    choices = {
+        "gate_score": GATE_SCORES,
+        "output_mode": OUTPUT_MODES,
+        "nms_type": NMS_TYPES,
+        "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
+    }
+    for key, allowed in choices.items():
+        if settings[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {settings[key]!r}")
+    if settings["num_iterations"] < 1 or settings["test_num_iterations"] < 1:
+        raise ValueError("The number of iterations must be at least 1")
+    if settings["conf_loss_weight"] < 0 or settings["grad_probe_period"] < 0:
+        raise ValueError("conf_loss_weight and grad_probe_period must be >= 0")
+
 
 @ROI_HEADS_REGISTRY.register()
 class R2IOSROIHeads(StandardROIHeads):
@@ -105,37 +142,13 @@ class R2IOSROIHeads(StandardROIHeads):
         Args:
             box_in_features, box_pooler, box_head: as in :class:`StandardROIHeads`.
             box_predictor: the seg-aware predictor (cls + class-specific deltas).
-            mask_head: the mask head; it scores and pools its own ``in_features``.
-            num_iterations: T in training (1 = recursive only in testing).
-            test_num_iterations: T at test time.
-            gate: use the reversible gate in training (stage 2).
-            gate_score: ``"all"`` (max over K+1 classes) or ``"foreground"`` (max over K).
-            test_gate: reverse to the iteration with the best gate score at test time (the
-                paper's R2-IOS); False keeps each proposal's last iteration (the paper's
-                "recursive_k" rows of Table 2, which are "obtained without using the
-                reversible gates").
-            mask_from_output_box: at test time, predict each output's mask once more inside
-                its output box ``l_{t'}`` (one mask-head pass over the final detections)
-                instead of re-framing ``v_{t'}``, which was predicted inside ``l_{t'-1}``
-                and is empty wherever the refinement grew the box.
-            skip_background: at test time, drop a proposal from later iterations once it is
-                predicted background (its box stops, so later iterations are exact copies).
-            output_mode: ``"proposal"`` (one detection per proposal) or ``"per_class"``.
-            nms_type: ``"box"`` or ``"mask"`` IoU for the class-wise NMS.
-            reframe_mask: resample ``v_{t'}`` from ``l_{t'-1}`` into the output box.
-            record_trace: add the per-iteration trace fields to the outputs.
-            mask_threshold: binarisation threshold of masks for mask-IoU NMS.
-            mask_loss_weight: weight of ``loss_mask``.
-            mask_loss_normalizer: ``"fg"`` (sampled foreground RoIs) or ``"rois"`` (all
-                sampled RoIs), per iteration.
-            conf_loss_weight: weight of ``loss_mask_conf``, the same pixel-wise
-                cross-entropy on the pooled confidence maps ``C`` (the AE's input); 0 = off
-                (the paper). Without it the mask loss reaches ``C`` only through the randomly
-                initialised autoencoder, and ``C`` gets no spatially meaningful signal.
-            grad_probe_period: every this many iterations, log the gradient norm that each
-                loss term sends into the scored segmentation map and into ``v``
-                (``r2ios/grad_seg/<loss>``, ``r2ios/grad_v/<loss>``); 0 = off.
+            mask_head: an R2-IOS mask head; it scores and pools its own ``in_features``.
             kwargs: the :class:`ROIHeads` arguments (num_classes, sampling, matcher).
+            others: the ``MODEL.R2IOS`` key of :data:`CONFIG_KEYS` (meaning and paper value
+                in ``r2ios_d2/config.py`` and the README's configuration reference), e.g.
+                ``num_iterations`` = ``NUM_ITERATIONS`` (T in training; 1 = recursive only in
+                testing), ``test_gate`` = ``TEST_GATE`` (False: the last iteration, Table 2's
+                "recursive_k" rows), ``record_trace`` = ``TEST_RECORD_TRACE``.
         """
         super().__init__(
             box_in_features=box_in_features,
@@ -147,35 +160,10 @@ class R2IOSROIHeads(StandardROIHeads):
             mask_head=mask_head,
             **kwargs,
         )
-        checks = {
-            "gate_score": (gate_score, GATE_SCORES),
-            "output_mode": (output_mode, OUTPUT_MODES),
-            "nms_type": (nms_type, NMS_TYPES),
-            "mask_loss_normalizer": (mask_loss_normalizer, MASK_LOSS_NORMALIZERS),
-        }
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-        if num_iterations < 1 or test_num_iterations < 1:
-            raise ValueError("The number of iterations must be at least 1")
-        self.num_iterations = num_iterations
-        self.test_num_iterations = test_num_iterations
-        self.gate = gate
-        self.gate_score = gate_score
-        self.test_gate = test_gate
-        self.mask_from_output_box = mask_from_output_box
-        self.skip_background = skip_background
-        self.output_mode = output_mode
-        self.nms_type = nms_type
-        self.reframe_mask = reframe_mask
-        self.record_trace = record_trace
-        self.mask_threshold = mask_threshold
-        self.mask_loss_weight = mask_loss_weight
-        self.mask_loss_normalizer = mask_loss_normalizer
-        if conf_loss_weight < 0 or grad_probe_period < 0:
-            raise ValueError("conf_loss_weight and grad_probe_period must be >= 0")
-        self.conf_loss_weight = conf_loss_weight
-        self.grad_probe_period = grad_probe_period
+        settings = {arg: value for arg, value in locals().items() if arg in CONFIG_KEYS}
+        _check_settings(settings)
+        for arg, value in settings.items():  # self.num_iterations, self.gate, ...
+            setattr(self, arg, value)
 
     # ------------------------------------------------------------------------------- build
     @classmethod
@@ -185,25 +173,7 @@ class R2IOSROIHeads(StandardROIHeads):
         # Also for models built without train_net (build_model, the predictor, notebooks).
         validate_r2ios_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        r = cfg.MODEL.R2IOS
-        ret.update(
-            num_iterations=r.NUM_ITERATIONS,
-            test_num_iterations=r.TEST_NUM_ITERATIONS,
-            gate=r.GATE,
-            gate_score=r.GATE_SCORE,
-            test_gate=r.TEST_GATE,
-            mask_from_output_box=r.TEST_MASK_FROM_OUTPUT_BOX,
-            skip_background=r.SKIP_BACKGROUND,
-            output_mode=r.OUTPUT_MODE,
-            nms_type=r.NMS_TYPE,
-            reframe_mask=r.REFRAME_MASK,
-            record_trace=r.TEST_RECORD_TRACE,
-            mask_threshold=r.MASK_THRESHOLD,
-            mask_loss_weight=r.MASK_LOSS_WEIGHT,
-            mask_loss_normalizer=r.MASK_LOSS_NORMALIZER,
-            conf_loss_weight=r.CONF_LOSS_WEIGHT,
-            grad_probe_period=r.GRAD_PROBE_PERIOD,
-        )
+        ret.update({arg: cfg.MODEL.R2IOS[key] for arg, key in CONFIG_KEYS.items()})
         return ret
 
     @classmethod
