@@ -69,6 +69,82 @@ def _crop_window(boxes: np.ndarray, h: int, w: int, margin: float = 0.25) -> tup
     )
 
 
+def _masked_crop(
+    image_rgb: np.ndarray,
+    mask_probs: torch.Tensor,
+    box: torch.Tensor,
+    window: tuple,
+    mask_threshold: float,
+) -> np.ndarray:
+    """The ``window`` (x0, y0, x1, y1) of the image, with the (M, M) mask ``mask_probs``
+    pasted into ``box`` (1, 4), binarised at ``mask_threshold``, tinted green."""
+    h, w = image_rgb.shape[:2]
+    x0, y0, x1, y1 = window
+    mask = paste_masks_in_image(
+        mask_probs[None].float(),
+        Boxes(box),
+        (h, w),
+        threshold=mask_threshold,
+    )[0].numpy()
+    crop = image_rgb[y0:y1, x0:x1].astype(np.float32)
+    m = mask[y0:y1, x0:x1]
+    crop[m] = 0.5 * crop[m] + 0.5 * np.array([40, 200, 80], np.float32)
+    return crop.astype(np.uint8)
+
+
+def _draw_box_pair(ax, input_box: torch.Tensor, refined_box: torch.Tensor) -> None:
+    """The input box l_{t-1} dashed and the refined box l_t solid, both yellow."""
+    for box, style in ((input_box, "--"), (refined_box, "-")):
+        bx0, by0, bx1, by1 = box.tolist()
+        ax.add_patch(
+            plt.Rectangle(
+                (bx0, by0), bx1 - bx0, by1 - by0, fill=False, ls=style, lw=1.5, ec="yellow"
+            )
+        )
+
+
+def _frame_in_red(ax) -> None:
+    """A thick red frame (no ticks) around the panel of the gate's chosen iteration."""
+    ax.axis("on")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor("red")
+        spine.set_linewidth(3)
+
+
+def _draw_trace_cell(
+    ax,
+    image_rgb: np.ndarray,
+    inst: Instances,
+    i: int,
+    t: int,
+    frames: torch.Tensor,
+    window: tuple,
+    classes: list,
+    mask_threshold: float,
+) -> None:
+    """Panel (detection ``i``, iteration ``t``): mask v_t over the crop ``window``, boxes
+    ``frames[t]`` -> ``frames[t + 1]``, class and score as title, red frame if gated."""
+    x0, y0, x1, y1 = window
+    crop = _masked_crop(
+        image_rgb, inst.trace_masks[i, t], frames[t : t + 1], window, mask_threshold
+    )
+    ax.imshow(crop, extent=(x0, x1, y1, y0))
+    _draw_box_pair(ax, frames[t], frames[t + 1])
+    c = int(inst.trace_classes[i, t])
+    name = classes[c] if c < len(classes) else "bg"
+    chosen = int(inst.gate_iteration[i]) == t
+    score = float(inst.trace_scores[i, t])
+    ax.set_title(
+        f"t={t + 1}{' (gate)' if chosen else ''}\n{name} {score:.2f}",
+        fontsize=8,
+        color="red" if chosen else "black",
+    )
+    if chosen:
+        _frame_in_red(ax)
+
+
 def draw_trace(
     image_rgb: np.ndarray,
     instances: Instances,
@@ -104,42 +180,11 @@ def draw_trace(
         ax.axis("off")
     for row, i in enumerate(order.tolist()):
         frames = torch.cat([init_boxes[i : i + 1], trace_boxes[i]], dim=0)  # l_0 .. l_T
-        x0, y0, x1, y1 = _crop_window(frames.numpy(), h, w)
+        window = _crop_window(frames.numpy(), h, w)
         for t in range(T):
-            ax = axes[row, t]
-            mask = paste_masks_in_image(
-                inst.trace_masks[i, t][None].float(),
-                Boxes(frames[t : t + 1]),
-                (h, w),
-                threshold=mask_threshold,
-            )[0].numpy()
-            crop = image_rgb[y0:y1, x0:x1].astype(np.float32)
-            m = mask[y0:y1, x0:x1]
-            crop[m] = 0.5 * crop[m] + 0.5 * np.array([40, 200, 80], np.float32)
-            ax.imshow(crop.astype(np.uint8), extent=(x0, x1, y1, y0))
-            for box, style in ((frames[t], "--"), (frames[t + 1], "-")):
-                bx0, by0, bx1, by1 = box.tolist()
-                ax.add_patch(
-                    plt.Rectangle(
-                        (bx0, by0), bx1 - bx0, by1 - by0, fill=False, ls=style, lw=1.5, ec="yellow"
-                    )
-                )
-            c = int(inst.trace_classes[i, t])
-            name = classes[c] if c < len(classes) else "bg"
-            chosen = int(inst.gate_iteration[i]) == t
-            score = float(inst.trace_scores[i, t])
-            ax.set_title(
-                f"t={t + 1}{' (gate)' if chosen else ''}\n{name} {score:.2f}",
-                fontsize=8,
-                color="red" if chosen else "black",
+            _draw_trace_cell(
+                axes[row, t], image_rgb, inst, i, t, frames, window, classes, mask_threshold
             )
-            if chosen:
-                ax.axis("on")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_edgecolor("red")
-                    spine.set_linewidth(3)
     fig.suptitle(
         "R2-IOS iterations: dashed = input box l(t-1), solid = refined box l(t)", fontsize=9
     )

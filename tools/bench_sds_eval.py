@@ -25,7 +25,7 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -121,45 +121,55 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (``--num-images``, ``--dets``, ``--seed``, ``--output``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--num-images", type=int, default=1449)
     ap.add_argument("--dets", type=int, default=100, help="detections per image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default="benchmarks/results/sds_eval_speed.json")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
+    return ap.parse_args()
 
+
+def make_dataset(
+    num_images: int, dets: int, seed: int
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], float]:
+    """The synthetic data set: (dataset records, predictions, seconds taken to generate)."""
     t0 = time.perf_counter()
-    rng = np.random.RandomState(args.seed)
-    data = [make_image(rng, i, args.dets) for i in range(args.num_images)]
+    rng = np.random.RandomState(seed)
+    data = [make_image(rng, i, dets) for i in range(num_images)]
     records = [d[0] for d in data]
     preds = [d[1] for d in data]
-    t_gen = time.perf_counter() - t0
+    return records, preds, time.perf_counter() - t0
 
-    name = "_bench_sds_synthetic"
-    DatasetCatalog.register(name, lambda: records)
-    MetadataCatalog.get(name).set(thing_classes=[f"class{i}" for i in range(NUM_CLASSES)])
 
-    timings: Dict[str, float] = {}
-    evaluator = SDSEvaluator(name, distributed=False)
-    evaluator.reset()
+def pred_instances(pred: Dict[str, Any]) -> Instances:
+    """One image's predictions as detectron2 Instances with dense (R, H, W) bool masks."""
+    masks = mask_util.decode(pred["rles"])  # (H, W, R) uint8, not timed
+    inst = Instances((H, W))
+    inst.pred_masks = torch.from_numpy(masks.transpose(2, 0, 1).astype(bool))
+    inst.scores = torch.from_numpy(pred["scores"])
+    inst.pred_classes = torch.from_numpy(pred["classes"])
+    inst.pred_boxes = Boxes(torch.from_numpy(pred["boxes"]))
+    return inst
+
+
+def time_process(evaluator: SDSEvaluator, records: List[Dict], preds: List[Dict]) -> float:
+    """Seconds spent in ``evaluator.process`` over all images (building masks not timed)."""
     t_process = 0.0
     for rec, p in zip(records, preds):
-        masks = mask_util.decode(p["rles"])  # (H, W, R) uint8, not timed
-        inst = Instances((H, W))
-        inst.pred_masks = torch.from_numpy(masks.transpose(2, 0, 1).astype(bool))
-        inst.scores = torch.from_numpy(p["scores"])
-        inst.pred_classes = torch.from_numpy(p["classes"])
-        inst.pred_boxes = Boxes(torch.from_numpy(p["boxes"]))
+        inst = pred_instances(p)
         inp = [{"image_id": rec["image_id"], "height": H, "width": W}]
         s = time.perf_counter()
         evaluator.process(inp, [{"instances": inst}])
         t_process += time.perf_counter() - s
-    timings["process (dense -> RLE)"] = t_process
+    return t_process
 
-    # Functional core, stage by stage.
+
+def time_core(
+    records: List[Dict], preds: List[Dict], timings: Dict[str, float]
+) -> Tuple[List[List[Dict[str, Any]]], Dict[str, Any]]:
+    """Time mask IoU and match + AP into ``timings``; returns (GT RLEs per image, core result)."""
     gt_rles = [[a["segmentation"] for a in r["annotations"]] for r in records]
     gt_labels = [np.array([a["category_id"] for a in r["annotations"]]) for r in records]
     s = time.perf_counter()
@@ -174,7 +184,13 @@ def main() -> None:
         num_classes=NUM_CLASSES,
     )
     timings["match + AP, 9 thresholds"] = time.perf_counter() - s
+    return gt_rles, core
 
+
+def time_evaluate(
+    evaluator: SDSEvaluator, timings: Dict[str, float]
+) -> Tuple[Dict[str, Any], float]:
+    """Time ``evaluate()`` without and with saving into ``timings``; returns (results, JSON MiB)."""
     s = time.perf_counter()
     results = evaluator.evaluate()
     timings["evaluate() (mask + box, no save)"] = time.perf_counter() - s
@@ -184,12 +200,24 @@ def main() -> None:
         evaluator.evaluate()
         timings["evaluate() + save predictions JSON"] = time.perf_counter() - s
         json_mb = os.path.getsize(os.path.join(d, "sds_predictions.json")) / 2**20
+    return results, json_mb
 
-    n_img = len(records)
+
+def print_report(
+    args: argparse.Namespace,
+    n_img: int,
+    num_gt: int,
+    timings: Dict[str, float],
+    json_mb: float,
+    t_gen: float,
+    results: Dict[str, Any],
+    core: Dict[str, Any],
+) -> None:
+    """The timing table and the AP^r numbers on stdout."""
     rows = [[k, v, 1000 * v / n_img] for k, v in timings.items()]
     print(
         f"{n_img} images x {args.dets} detections, {W}x{H} masks, "
-        f"{sum(len(g) for g in gt_rles)} GT instances ({cpu_name()}, "
+        f"{num_gt} GT instances ({cpu_name()}, "
         f"{os.cpu_count()} cores visible, single-threaded)"
     )
     print(tabulate(rows, headers=["stage", "seconds", "ms / image"], floatfmt=".3f"))
@@ -199,11 +227,21 @@ def main() -> None:
         f"APr_vol {results['segm']['APr_vol']:.2f}  (core mAP@0.5 {100 * core['map'][4]:.2f})"
     )
 
-    out = {
+
+def summary(
+    args: argparse.Namespace,
+    n_img: int,
+    num_gt: int,
+    timings: Dict[str, float],
+    json_mb: float,
+    results: Dict[str, Any],
+) -> Dict[str, Any]:
+    """The JSON written to ``--output``: sizes, timings, machine, command, AP^r."""
+    return {
         "num_images": n_img,
         "dets_per_image": args.dets,
         "image_size": [H, W],
-        "num_gt": int(sum(len(g) for g in gt_rles)),
+        "num_gt": int(num_gt),
         "seconds": timings,
         "ms_per_image": {k: 1000 * v / n_img for k, v in timings.items()},
         "predictions_json_mib": json_mb,
@@ -218,6 +256,30 @@ def main() -> None:
         + f"--num-images {args.num_images} --dets {args.dets} --seed {args.seed}",
         "segm": {k: results["segm"][k] for k in ("APr50", "APr60", "APr70", "APr_vol")},
     }
+
+
+def main() -> None:
+    """Generate the data, time each stage, print the table and write ``--output``."""
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+
+    records, preds, t_gen = make_dataset(args.num_images, args.dets, args.seed)
+    name = "_bench_sds_synthetic"
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=[f"class{i}" for i in range(NUM_CLASSES)])
+
+    timings: Dict[str, float] = {}
+    evaluator = SDSEvaluator(name, distributed=False)
+    evaluator.reset()
+    timings["process (dense -> RLE)"] = time_process(evaluator, records, preds)
+    gt_rles, core = time_core(records, preds, timings)  # functional core, stage by stage
+    results, json_mb = time_evaluate(evaluator, timings)
+
+    n_img = len(records)
+    num_gt = sum(len(g) for g in gt_rles)
+    print_report(args, n_img, num_gt, timings, json_mb, t_gen, results, core)
+    out = summary(args, n_img, num_gt, timings, json_mb, results)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(out, f, indent=2)

@@ -196,23 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; returns the exit status (0: at least one image succeeded)."""
-    args = build_parser().parse_args(argv)
-    args.opts = [*args.opts, *args.flag_opts]
-
+def _demo_cfg(args: argparse.Namespace) -> Any:
+    """The frozen config: ``--config-file``, the overrides, ``--confidence-threshold``."""
     from detectron2.config import get_cfg
-    from tqdm import tqdm
 
-    from r2ios_d2 import R2IOSPredictor, add_r2ios_config
+    from r2ios_d2 import add_r2ios_config
     from r2ios_d2.config_checks import check_opts_keys
-    from r2ios_d2.engine import atomic_write_text
-
-    paths = expand_inputs(args.input)
-    if not paths:
-        logger.error("No images match --input %s", " ".join(args.input))
-        print(f"no images match --input {' '.join(args.input)}")
-        return 2
 
     cfg = get_cfg()
     add_r2ios_config(cfg)
@@ -221,6 +210,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg.merge_from_list(args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
+    return cfg
+
+
+def _print_summary(
+    num_paths: int, written: List[str], failed: List[Tuple[str, str]], output: str
+) -> int:
+    """Print how many images succeeded and why the others failed; returns the exit status."""
+    ok = num_paths - len(failed)
+    print(f"{ok} of {num_paths} images done, {len(written)} files written to {output}")
+    if failed:
+        print(f"{len(failed)} failed:")
+        for path, reason in failed:
+            print(f"  {path}: {reason}")
+    return 0 if ok else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit status (0: at least one image succeeded)."""
+    args = build_parser().parse_args(argv)
+    args.opts = [*args.opts, *args.flag_opts]
+
+    from tqdm import tqdm
+
+    from r2ios_d2 import R2IOSPredictor
+    from r2ios_d2.engine import atomic_write_text
+
+    paths = expand_inputs(args.input)
+    if not paths:
+        logger.error("No images match --input %s", " ".join(args.input))
+        print(f"no images match --input {' '.join(args.input)}")
+        return 2
+
+    cfg = _demo_cfg(args)
     if args.proposals_dir and cfg.MODEL.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":
         raise SystemExit("--proposals-dir needs MODEL.PROPOSAL_GENERATOR.NAME PrecomputedProposals")
     metadata = demo_metadata(cfg)
@@ -249,14 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json_path = os.path.join(args.output, "results.json")
         atomic_write_text(json.dumps(results), json_path)
         written.append(json_path)
-
-    ok = len(paths) - len(failed)
-    print(f"{ok} of {len(paths)} images done, {len(written)} files written to {args.output}")
-    if failed:
-        print(f"{len(failed)} failed:")
-        for path, reason in failed:
-            print(f"  {path}: {reason}")
-    return 0 if ok else 1
+    return _print_summary(len(paths), written, failed, args.output)
 
 
 if __name__ == "__main__":

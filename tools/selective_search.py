@@ -55,8 +55,9 @@ def _folder_items(folder):
     return items
 
 
-def main(argv=None):
-    from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a dataset or a folder, output, mode, limits, exports."""
+    from r2ios_d2.data.coco import add_register_coco_argument
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
@@ -71,18 +72,12 @@ def main(argv=None):
     parser.add_argument("--export-pickle", metavar="FILE", help="also write a detectron2 pickle")
     parser.add_argument("--recall", action="store_true", help="report recall against the GT")
     add_register_coco_argument(parser)
-    args = parser.parse_args(argv)
+    return parser
 
-    import logging
 
-    import r2ios_d2  # noqa: F401  (registers the datasets)
-    from r2ios_d2.data.proposals import load_proposal_file, write_proposal_pickle
-    from r2ios_d2.data.selective_search import compute_proposals, proposal_recall
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    registered = register_coco_from_args(args)
-    if registered and args.images:
-        raise SystemExit("--register-coco names datasets for --dataset; --images reads a folder")
+def _select_items(args: argparse.Namespace) -> tuple:
+    """(items, dataset dicts or None, output folder) of ``--dataset`` or ``--images``, cut
+    to ``--limit``; items are (image_id, file_name, height, width)."""
     dicts = None
     if args.dataset:
         items, dicts, default_out = _dataset_items(args.dataset)
@@ -96,6 +91,39 @@ def main(argv=None):
     if args.limit:
         items = items[: args.limit]
         dicts = dicts[: args.limit] if dicts is not None else None
+    return items, dicts, out
+
+
+def _export_pickle(path: str, items: list, out: str) -> None:
+    """Gather the ``<out>/<image_id>.npz`` files of ``items`` into one detectron2 pickle."""
+    from r2ios_d2.data.proposals import load_proposal_file, write_proposal_pickle
+
+    ids, boxes, scores = [], [], []
+    for image_id, _, h, w in items:
+        b, s = load_proposal_file(os.path.join(out, f"{image_id}.npz"), image_id, h, w)
+        ids.append(image_id)
+        boxes.append(b)
+        scores.append(s)
+    write_proposal_pickle(path, ids, boxes, scores)
+    print(f"wrote {path} ({len(ids)} images, {sum(map(len, boxes))} boxes)")
+
+
+def main(argv=None):
+    """Compute (or resume) the proposals; optionally export a pickle and report recall."""
+    from r2ios_d2.data.coco import register_coco_from_args
+
+    args = build_parser().parse_args(argv)
+
+    import logging
+
+    import r2ios_d2  # noqa: F401  (registers the datasets)
+    from r2ios_d2.data.selective_search import compute_proposals, proposal_recall
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    registered = register_coco_from_args(args)
+    if registered and args.images:
+        raise SystemExit("--register-coco names datasets for --dataset; --images reads a folder")
+    items, dicts, out = _select_items(args)
 
     start = time.perf_counter()
     summary = compute_proposals(
@@ -108,14 +136,7 @@ def main(argv=None):
         f"{summary['mean_boxes']:.0f} boxes), {summary['skipped']} skipped -> {out}"
     )
     if args.export_pickle:
-        ids, boxes, scores = [], [], []
-        for image_id, _, h, w in items:
-            b, s = load_proposal_file(os.path.join(out, f"{image_id}.npz"), image_id, h, w)
-            ids.append(image_id)
-            boxes.append(b)
-            scores.append(s)
-        write_proposal_pickle(args.export_pickle, ids, boxes, scores)
-        print(f"wrote {args.export_pickle} ({len(ids)} images, {sum(map(len, boxes))} boxes)")
+        _export_pickle(args.export_pickle, items, out)
     if args.recall and dicts is not None:
         stats = proposal_recall(dicts, out)
         print("recall: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
