@@ -36,10 +36,10 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from r2ios_d2.benchmarking.records import (
-    add_result_arguments,
     fmt,
     machine_info,
     result_header,
+    tool_parser,
     write_result,
 )
 from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts
@@ -367,12 +367,7 @@ def add_ablation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_result_arguments(p, QUICK_HELP)
-    add_ablation_arguments(p)
-    return p
+    return tool_parser(__doc__, QUICK_HELP, add_ablation_arguments)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -39,10 +39,10 @@ from tqdm import tqdm
 import r2ios_d2  # noqa: F401  (registers the model parts)
 from r2ios_d2.benchmarking.records import (
     PeakMemory,
-    add_result_arguments,
     machine_info,
     result_header,
     sync,
+    tool_parser,
     write_result,
 )
 from r2ios_d2.benchmarking.speed_report import check_goals, speed_markdown, speed_tables
@@ -319,12 +319,7 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_result_arguments(p, QUICK_HELP)
-    add_speed_arguments(p)
-    return p
+    return tool_parser(__doc__, QUICK_HELP, add_speed_arguments)
 
 
 def run(args: argparse.Namespace) -> dict:

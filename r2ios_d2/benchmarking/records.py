@@ -13,7 +13,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -80,6 +80,19 @@ def write_result(results_dir: Path, stem: str, result: dict, markdown: str) -> N
     (results_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (results_dir / f"{stem}.md").write_text(markdown)
     logger.info("wrote %s.{json,md}", results_dir / stem)
+
+
+def tool_parser(
+    doc: str, quick_help: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """A benchmark tool's parser: its description (first paragraph of ``doc``), the shared
+    result options (:func:`add_result_arguments`) and its own (``add_arguments(parser)``)."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_result_arguments(parser, quick_help)
+    add_arguments(parser)
+    return parser
 
 
 def add_result_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
