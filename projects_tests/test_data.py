@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from r2ios_d2.data import cache, voc_sbd
 from r2ios_d2.data import datasets as ds
 from r2ios_d2.data.datasets import (
     VOC_CLASSES,
@@ -286,7 +287,7 @@ def test_cache_is_reused_and_invalidated_by_changes(tmp_path, monkeypatch):
     def fail(job):
         raise AssertionError("should have been read from the cache")
 
-    monkeypatch.setattr(ds, "_sbd_record", fail)
+    monkeypatch.setattr(voc_sbd, "_sbd_record", fail)
     second = load_sbd_instances(sbd, "train.txt", cache=True)
     assert second == first and second[0]["annotations"][0]["bbox_mode"] == BoxMode.XYXY_ABS
     monkeypatch.undo()
@@ -301,6 +302,6 @@ def test_parallel_loading_matches_serial(tmp_path, monkeypatch):
     sbd = str(tmp_path / "SBD")
     write_sbd(sbd, ids=tuple(f"p{i}" for i in range(6)))
     serial = load_sbd_instances(sbd, "train.txt", cache=False, num_workers=1)
-    monkeypatch.setattr(ds, "_MIN_IMAGES_FOR_POOL", 0)
+    monkeypatch.setattr(cache, "_MIN_IMAGES_FOR_POOL", 0)
     parallel = load_sbd_instances(sbd, "train.txt", cache=False, num_workers=2)
     assert parallel == serial and [d["image_id"] for d in parallel] == [f"p{i}" for i in range(6)]

@@ -14,10 +14,12 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from r2ios_d2.config import add_r2ios_config
-from r2ios_d2.data.proposals import (
+from r2ios_d2.data import (
     PrecomputedProposalMapper,
     build_r2ios_test_loader,
     build_r2ios_train_loader,
+)
+from r2ios_d2.data.proposals import (
     filter_proposals,
     load_proposal_file,
     load_proposal_pickle,

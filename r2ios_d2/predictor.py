@@ -31,26 +31,17 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Boxes, Instances
 
+from .data.mapper import proposal_fields
 from .data.proposals import filter_proposals, validate_proposals
 from .data.selective_search import selective_search
 from .engine import R2IOSCheckpointer
-from .modeling.roi_heads import scale_trace_boxes
+from .modeling.postprocessing import TRACE_OUTPUT_FIELDS as TRACE_FIELDS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["R2IOSPredictor", "TRACE_FIELDS"]
-
-# Instances fields the ROI heads add with MODEL.R2IOS.TEST_RECORD_TRACE (see R2IOSROIHeads).
-TRACE_FIELDS = (
-    "trace_boxes",
-    "trace_scores",
-    "trace_classes",
-    "trace_masks",
-    "trace_proposals",
-    "gate_iteration",
-)
 
 
 class R2IOSPredictor:
@@ -231,11 +222,7 @@ class R2IOSPredictor:
             if self.uses_precomputed_proposals:
                 boxes, scores = self._prepare_proposals(image, proposals, proposal_scores)
                 out["proposals"] = boxes
-                d = {
-                    "proposal_boxes": boxes,
-                    "proposal_objectness_logits": scores,
-                    "proposal_bbox_mode": BoxMode.XYXY_ABS,
-                }
+                d = proposal_fields(boxes, scores)
                 utils.transform_proposals(
                     d, resized.shape[:2], T.TransformList([transform]), proposal_topk=None
                 )
@@ -254,28 +241,23 @@ class R2IOSPredictor:
                 )
             instances = self.model([inputs])[0]["instances"].to("cpu")
 
-        trace = _pop_trace(instances, resized.shape[:2], (height, width))
+        trace = _pop_trace(instances)
         out["instances"] = instances
         if return_trace:
             out["trace"] = trace
         return out
 
 
-def _pop_trace(
-    instances: Instances, input_hw: Tuple[int, int], output_hw: Tuple[int, int]
-) -> Dict[str, Optional[torch.Tensor]]:
-    """Remove the ROI heads' trace fields from ``instances`` (in place) and return them, boxes
-    mapped from the network-input frame ``input_hw`` to the original image ``output_hw``."""
+def _pop_trace(instances: Instances) -> Dict[str, Optional[torch.Tensor]]:
+    """Remove the ROI heads' trace fields from ``instances`` (in place) and return them (boxes
+    in the frame of ``pred_boxes``, the original image)."""
     fields = {k: instances.get(k) if instances.has(k) else None for k in TRACE_FIELDS}
     for k in TRACE_FIELDS:
         if instances.has(k):
             instances.remove(k)
-    boxes, props = fields["trace_boxes"], fields["trace_proposals"]
     return {
-        "boxes": None if boxes is None else scale_trace_boxes(boxes, input_hw, output_hw),
-        "proposals": None
-        if props is None
-        else scale_trace_boxes(props[:, None], input_hw, output_hw)[:, 0],
+        "boxes": fields["trace_boxes"],
+        "proposals": fields["trace_proposals"],
         "scores": fields["trace_scores"],
         "classes": fields["trace_classes"],
         "masks": fields["trace_masks"],

@@ -24,15 +24,17 @@ from typing import List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import r2ios_d2  # noqa: F401  (registers the datasets)
+from r2ios_d2.atomic import atomic_write_json
 from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
-from r2ios_d2.evaluation import MATCHING_RULES, VOID_MODES, VOL_THRESHOLDS
-from r2ios_d2.evaluation.sds import (
+from r2ios_d2.evaluation import (
+    MATCHING_RULES,
+    VOID_MODES,
+    VOL_THRESHOLDS,
     format_results,
     gt_from_dataset_dicts,
     load_predictions,
     results_table,
     score_predictions,
-    write_json_atomic,
 )
 
 
@@ -93,8 +95,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     print("Box AP (%):")
     print(results_table(raw, class_names, report_thresholds=args.thresholds, task="bbox"))
     if args.output:
-        write_json_atomic(
-            args.output,
+        atomic_write_json(
             {
                 "dataset": dataset,
                 "predictions": args.predictions,
@@ -105,6 +106,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 "vol_thresholds": args.vol_thresholds,
                 "results": results,
             },
+            args.output,
             indent=2,
         )
         print(f"wrote {args.output}")

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from r2ios_d2 import add_r2ios_config
 from r2ios_d2.data import build_r2ios_test_loader
 from r2ios_d2.engine import R2IOSCheckpointer
-from r2ios_d2.modeling.postprocessing import scale_trace_boxes
 from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
 
 
@@ -65,8 +64,6 @@ def main(argv=None) -> list:
                 continue
             inst = model([inp])[0]["instances"].to("cpu")
             image = read_image(inp["file_name"], format="RGB")
-            in_size = tuple(inp["image"].shape[-2:])
-            out_size = image.shape[:2]
             result = os.path.join(args.output, f"{image_id}_result.png")
             save_figure_atomic(draw_detections(image, inst, metadata, args.score_thresh), result)
             trace = os.path.join(args.output, f"{image_id}_trace.png")
@@ -74,8 +71,8 @@ def main(argv=None) -> list:
                 image,
                 inst,
                 metadata,
-                scale_trace_boxes(inst.trace_boxes, in_size, out_size),
-                scale_trace_boxes(inst.trace_proposals[:, None], in_size, out_size)[:, 0],
+                inst.trace_boxes,  # in the frame of pred_boxes: the original image
+                inst.trace_proposals,
                 max_instances=args.max_instances,
                 mask_threshold=cfg.MODEL.R2IOS.MASK_THRESHOLD,
             )

@@ -1,4 +1,4 @@
-"""Precomputed proposals: the per-image proposal files, the mapper and the data loaders.
+"""Precomputed proposals: the per-image proposal files, their checks, and proposal pickles.
 
 Proposal files: one ``<proposal_dir>/<image_id>.npz`` per image (``numpy.savez``, read with
 ``allow_pickle=False``) with
@@ -9,38 +9,27 @@ Proposal files: one ``<proposal_dir>/<image_id>.npz`` per image (``numpy.savez``
 * ``image_id`` (str), ``height``, ``width`` (int): the image the boxes belong to, so that a file
   for another image is detected.
 
-The folder of a dataset is ``DATASETS.PROPOSAL_DIRS_TRAIN/TEST`` (parallel to
-``DATASETS.TRAIN/TEST``), else its metadata's ``proposal_dir``. detectron2's proposal pickles
-(``DATASETS.PROPOSAL_FILES_TRAIN/TEST``) are read only with ``DATASETS.ALLOW_PICKLE_PROPOSALS``:
-unpickling runs arbitrary code, so only do it for files you made yourself.
+:func:`attach_proposals` tells dataset dicts where their proposals are; the mapper
+(:mod:`r2ios_d2.data.mapper`) reads them and the loaders (:mod:`r2ios_d2.data.loaders`) pick
+each dataset's folder. detectron2's proposal pickles (``DATASETS.PROPOSAL_FILES_TRAIN/TEST``)
+are read only with ``DATASETS.ALLOW_PICKLE_PROPOSALS``: unpickling runs arbitrary code, so only
+do it for files you made yourself.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
-import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.config import CfgNode, configurable
-from detectron2.data import (
-    DatasetCatalog,
-    DatasetMapper,
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
-from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.structures import BoxMode
 
 from ..atomic import atomic_open
 from .coco import selective_search_command
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
+    "rank_scores",
     "save_proposal_file",
     "load_proposal_file",
     "validate_proposals",
@@ -48,11 +37,6 @@ __all__ = [
     "load_proposal_pickle",
     "write_proposal_pickle",
     "attach_proposals",
-    "PrecomputedProposalMapper",
-    "build_r2ios_train_loader",
-    "r2ios_train_dataset_dicts",
-    "get_r2ios_dataset_dicts",
-    "build_r2ios_test_loader",
 ]
 
 # A proposal may stick out of its image by this fraction of the image side (plus 2 px) before
@@ -136,13 +120,23 @@ def validate_proposals(
         )
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
         raise ValueError(f"Proposals in {source} contain NaN or inf.")
-    if n and ((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
+    if n:
+        _check_geometry(boxes, height, width, source)
+    return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+def _check_geometry(
+    boxes: np.ndarray, height: Optional[int], width: Optional[int], source: str
+) -> None:
+    """Raise ``ValueError`` for the first inverted box of (N, 4) XYXY ``boxes``, or the first
+    far outside a ``width`` x ``height`` image (when both are given)."""
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
         bad = int(np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0])
         raise ValueError(
             f"Proposal {bad} in {source} is inverted ({boxes[bad].tolist()}); boxes must be "
             "XYXY with x1 >= x0 and y1 >= y0."
         )
-    if n and height is not None and width is not None:
+    if height is not None and width is not None:
         tx, ty = OUTSIDE_TOLERANCE * width + 2, OUTSIDE_TOLERANCE * height + 2
         outside = (
             (boxes[:, 0] < -tx)
@@ -156,7 +150,6 @@ def validate_proposals(
                 f"Proposal {bad} in {source} ({boxes[bad].tolist()}) lies far outside its "
                 f"{width}x{height} image: wrong image or wrong coordinates?"
             )
-    return boxes.astype(np.float32), scores.astype(np.float32)
 
 
 def load_proposal_file(
@@ -292,7 +285,7 @@ def load_proposal_pickle(
     return out
 
 
-# ------------------------------------------------------------------------------- mapper
+# ------------------------------------------------------------------------- dataset dicts
 
 
 def attach_proposals(
@@ -344,308 +337,3 @@ def attach_proposals(
         d["proposal_boxes"], d["proposal_objectness_logits"] = table[key]
         d["proposal_bbox_mode"] = BoxMode.XYXY_ABS
         d["proposal_source"] = f"{proposal_pickle} (image {key})"
-
-
-class PrecomputedProposalMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` that also loads, checks and transforms the proposals.
-
-    For each dataset dict it reads the proposals (from ``proposal_file``, from arrays attached
-    by :func:`attach_proposals`, or from ``<proposal_dir>/<image_id>.npz``), validates them
-    against the image (:func:`validate_proposals`), drops degenerate, small and duplicate boxes
-    and keeps the top k (:func:`filter_proposals`, in original pixels), then lets detectron2
-    apply the image's transforms (resize, flip) to them, so that proposals and ground truth
-    move together. Output: ``dataset_dict["proposals"]`` = ``Instances`` with
-    ``proposal_boxes`` (Boxes) and ``objectness_logits``.
-    """
-
-    @configurable
-    def __init__(
-        self,
-        is_train: bool,
-        *,
-        load_proposals: bool = True,
-        proposal_min_size: float = 0.0,
-        proposal_dir: Optional[str] = None,
-        **kwargs: Any,
-    ):
-        """
-        Args:
-            is_train: training or inference.
-            load_proposals: read proposals (False: behave as ``DatasetMapper``).
-            proposal_min_size: drop proposals with a side below this (original pixels).
-            proposal_dir: folder used for dicts that carry no proposal information.
-            kwargs: ``DatasetMapper`` arguments (augmentations, image_format,
-                use_instance_mask, instance_mask_format, precomputed_proposal_topk, ...).
-        """
-        if load_proposals and kwargs.get("precomputed_proposal_topk") is None:
-            kwargs["precomputed_proposal_topk"] = sys.maxsize
-        super().__init__(is_train, **kwargs)
-        self.load_proposals = load_proposals
-        self.proposal_min_size = float(proposal_min_size)
-        self.proposal_dir = proposal_dir
-        if not load_proposals:
-            self.proposal_topk = None
-
-    @classmethod
-    def from_config(
-        cls, cfg: CfgNode, is_train: bool = True, proposal_dir: Optional[str] = None
-    ) -> Dict[str, Any]:
-        ret = super().from_config(cfg, is_train)
-        # R2-IOS always trains a mask head; masks come as RLE, which needs the bitmask path.
-        use_masks = bool(cfg.MODEL.MASK_ON) or "R2IOS" in cfg.MODEL.ROI_HEADS.NAME
-        ret["use_instance_mask"] = use_masks
-        if use_masks and cfg.INPUT.MASK_FORMAT != "bitmask":
-            logger.warning(
-                f"INPUT.MASK_FORMAT is {cfg.INPUT.MASK_FORMAT!r}; r2ios_d2 datasets store RLE "
-                "masks, so the mapper uses 'bitmask'."
-            )
-            ret["instance_mask_format"] = "bitmask"
-        ret["load_proposals"] = bool(cfg.MODEL.LOAD_PROPOSALS)
-        ret["precomputed_proposal_topk"] = (
-            cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN
-            if is_train
-            else cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST
-        )
-        ret["proposal_min_size"] = cfg.DATASETS.PROPOSAL_MIN_SIZE
-        ret["proposal_dir"] = proposal_dir
-        return ret
-
-    def _read_proposals(self, d: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-        h, w = d.get("height"), d.get("width")
-        if "proposal_boxes" in d:
-            source = d.pop("proposal_source", f"the proposals of image {d.get('image_id')}")
-            mode = d.pop("proposal_bbox_mode", BoxMode.XYXY_ABS)
-            boxes = np.asarray(d.pop("proposal_boxes"))
-            scores = d.pop("proposal_objectness_logits", None)
-            if mode != BoxMode.XYXY_ABS and boxes.ndim == 2 and boxes.shape[1] == 4:
-                boxes = BoxMode.convert(boxes, mode, BoxMode.XYXY_ABS)
-            return validate_proposals(boxes, scores, h, w, source)
-        path = d.pop("proposal_file", None)
-        if path is None:
-            if self.proposal_dir is None:
-                raise ValueError(
-                    f"Image {d.get('image_id')} has no proposals: build the loader with "
-                    "build_r2ios_train_loader/build_r2ios_test_loader, or give proposal_dir."
-                )
-            path = os.path.join(self.proposal_dir, f"{d['image_id']}.npz")
-        return load_proposal_file(path, d.get("image_id"), h, w)
-
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        """
-        Args:
-            dataset_dict: one image's dataset dict (not modified).
-
-        Returns:
-            detectron2's model input dict: ``image`` (uint8 tensor C, H, W), ``instances``
-            (training), ``proposals`` (Instances with ``proposal_boxes``, ``objectness_logits``,
-            in the transformed image's pixels), and the dict's other fields.
-        """
-        d = dict(dataset_dict)
-        if self.load_proposals:
-            boxes, scores = self._read_proposals(d)
-            boxes, scores = filter_proposals(
-                boxes, scores, d["height"], d["width"], self.proposal_min_size, self.proposal_topk
-            )
-            d["proposal_boxes"] = boxes
-            d["proposal_objectness_logits"] = scores
-            d["proposal_bbox_mode"] = BoxMode.XYXY_ABS
-        else:
-            for key in ("proposal_file", "proposal_source", "proposal_boxes"):
-                d.pop(key, None)
-        try:
-            return super().__call__(d)
-        except OSError as e:
-            raise OSError(f"Cannot read image {d.get('file_name')}: {e}") from e
-
-
-# ------------------------------------------------------------------------------ loaders
-
-
-def _proposal_sources(
-    names: Sequence[str],
-    which: str,
-    proposal_dirs: Sequence[str] = (),
-    proposal_files: Sequence[str] = (),
-    allow_pickle: bool = False,
-) -> Dict[str, Dict[str, Any]]:
-    """Where the proposals of each dataset in ``names`` are: ``{name: attach_proposals kwargs}``.
-
-    ``proposal_dirs`` / ``proposal_files`` are parallel to ``names`` (or empty: then each
-    dataset's metadata ``proposal_dir``); ``which`` ("TRAIN"/"TEST") only names the config keys
-    in error messages.
-    """
-    names, dirs, files = list(names), list(proposal_dirs), list(proposal_files)
-    for key, values in ((f"PROPOSAL_DIRS_{which}", dirs), (f"PROPOSAL_FILES_{which}", files)):
-        if values and len(values) != len(names):
-            raise ValueError(
-                f"DATASETS.{key} has {len(values)} entries but DATASETS.{which} has "
-                f"{len(names)}: give one per dataset."
-            )
-    if dirs and files:
-        raise ValueError(f"Set DATASETS.PROPOSAL_DIRS_{which} or PROPOSAL_FILES_{which}, not both.")
-    sources: Dict[str, Dict[str, Any]] = {}
-    for i, name in enumerate(names):
-        if dirs:
-            sources[name] = {"proposal_dir": dirs[i]}
-        elif files:
-            sources[name] = {"proposal_pickle": files[i], "allow_pickle": bool(allow_pickle)}
-        else:
-            proposal_dir = MetadataCatalog.get(name).get("proposal_dir", None)
-            if proposal_dir is None:
-                raise ValueError(
-                    f"No proposals for dataset {name}: set DATASETS.PROPOSAL_DIRS_{which} or "
-                    "the dataset metadata's proposal_dir."
-                )
-            sources[name] = {"proposal_dir": proposal_dir}
-    return sources
-
-
-def get_r2ios_dataset_dicts(
-    names: Union[str, Sequence[str]],
-    *,
-    is_train: bool = True,
-    load_proposals: bool = True,
-    proposal_dirs: Sequence[str] = (),
-    proposal_files: Sequence[str] = (),
-    allow_pickle_proposals: bool = False,
-    filter_empty: bool = True,
-    num_classes: Optional[int] = None,
-) -> List[Dict[str, Any]]:
-    """The dataset dicts of registered datasets with their proposals attached (config-free:
-    the LazyConfig loaders call it directly, the yacs ones through
-    :func:`r2ios_train_dataset_dicts` / :func:`build_r2ios_test_loader`).
-
-    Args:
-        names: one or more registered dataset names.
-        is_train: training dicts: crowd-only images are dropped (``filter_empty``), the class
-            histogram is logged, and the datasets must share ``thing_classes``.
-        load_proposals: attach proposals (False: e.g. an RPN model).
-        proposal_dirs, proposal_files: per-dataset proposal folders / detectron2 proposal
-            pickles, parallel to ``names`` (empty: each dataset's metadata ``proposal_dir``).
-        allow_pickle_proposals: opt-in to unpickling ``proposal_files``.
-        filter_empty: in training, drop images whose annotations are all crowd.
-        num_classes: the model's number of classes; training categories must be below it.
-
-    Raises:
-        ValueError: what R2-IOS cannot train or test on, naming the dataset and the fix (see
-            :func:`r2ios_d2.data.coco.check_r2ios_training_dicts`): instances without masks,
-            no non-crowd instance, categories beyond ``num_classes``, missing proposal files.
-
-    Returns:
-        a list of dataset dicts (copies; the catalog's are not modified).
-    """
-    from .coco import check_proposal_files, check_r2ios_training_dicts
-
-    names = [names] if isinstance(names, str) else list(names)
-    which = "TRAIN" if is_train else "TEST"
-    sources = (
-        _proposal_sources(names, which, proposal_dirs, proposal_files, allow_pickle_proposals)
-        if load_proposals
-        else {}
-    )
-    dicts: List[Dict[str, Any]] = []
-    for name in names:
-        part = [dict(d) for d in DatasetCatalog.get(name)]
-        if not part:
-            raise ValueError(f"Dataset {name} is empty.")
-        if load_proposals:
-            attach_proposals(part, dataset_name=name, **sources[name])
-        if is_train:
-            check_r2ios_training_dicts(part, name, num_classes, check_proposals=load_proposals)
-        elif load_proposals:
-            check_proposal_files(part, name)
-        dicts.extend(part)
-    if not is_train:
-        return dicts
-    if filter_empty:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
-    classes = [MetadataCatalog.get(n).get("thing_classes", None) for n in names]
-    if any(c != classes[0] for c in classes):
-        raise ValueError(f"DATASETS.TRAIN {names} have different thing_classes.")
-    if classes[0] is not None:
-        _log_class_histogram(dicts, classes[0])
-    return dicts
-
-
-def _cfg_test_dicts(cfg: CfgNode, name: str) -> List[Dict[str, Any]]:
-    """:func:`get_r2ios_dataset_dicts` of one test dataset with the proposal settings of
-    ``cfg`` (its ``DATASETS.PROPOSAL_DIRS_TEST``/``FILES_TEST`` entry if it is listed in
-    ``DATASETS.TEST``, else its metadata's ``proposal_dir``)."""
-    d = cfg.DATASETS
-    listed, dirs, files = list(d.TEST), d.PROPOSAL_DIRS_TEST, d.PROPOSAL_FILES_TEST
-    if (dirs or files) and listed:  # check the lengths against the whole list
-        _proposal_sources(listed, "TEST", dirs, files, d.ALLOW_PICKLE_PROPOSALS)
-    i = listed.index(name) if name in listed else None
-    return get_r2ios_dataset_dicts(
-        name,
-        is_train=False,
-        load_proposals=bool(cfg.MODEL.LOAD_PROPOSALS),
-        proposal_dirs=[dirs[i]] if dirs and i is not None else (),
-        proposal_files=[files[i]] if files and i is not None else (),
-        allow_pickle_proposals=bool(d.ALLOW_PICKLE_PROPOSALS),
-    )
-
-
-def _log_class_histogram(dicts: List[Dict[str, Any]], class_names: Sequence[str]) -> None:
-    # detectron2 v0.6's print_instances_class_histogram uses np.int, gone in numpy 2.
-    cats = [a["category_id"] for d in dicts for a in d.get("annotations", [])]
-    counts = np.bincount(np.asarray(cats, np.int64), minlength=len(class_names))
-    text = ", ".join(f"{n}: {int(c)}" for n, c in zip(class_names, counts))
-    logger.info(f"{len(dicts)} training images, {len(cats)} instances ({text})")
-
-
-def r2ios_train_dataset_dicts(cfg: CfgNode) -> List[Dict[str, Any]]:
-    """The training dicts of ``DATASETS.TRAIN``: proposals attached, crowd-only images filtered
-    as ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` says, the class histogram logged.
-
-    Raises:
-        ValueError: if the datasets have different ``thing_classes``.
-    """
-    d = cfg.DATASETS
-    return get_r2ios_dataset_dicts(
-        list(d.TRAIN),
-        is_train=True,
-        load_proposals=bool(cfg.MODEL.LOAD_PROPOSALS),
-        proposal_dirs=d.PROPOSAL_DIRS_TRAIN,
-        proposal_files=d.PROPOSAL_FILES_TRAIN,
-        allow_pickle_proposals=bool(d.ALLOW_PICKLE_PROPOSALS),
-        filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
-        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-    )
-
-
-def build_r2ios_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = None) -> Any:
-    """detectron2's train loader over ``DATASETS.TRAIN`` with :class:`PrecomputedProposalMapper`.
-
-    Args:
-        cfg: the config (``MODEL.LOAD_PROPOSALS`` decides whether proposals are read).
-        mapper: a mapper to use instead of ``PrecomputedProposalMapper(cfg, True)``.
-
-    Returns:
-        an iterable of lists of mapped dicts (``SOLVER.IMS_PER_BATCH`` in total per step).
-    """
-    dicts = r2ios_train_dataset_dicts(cfg)
-    if mapper is None:
-        mapper = PrecomputedProposalMapper(cfg, True)
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
-
-
-def build_r2ios_test_loader(
-    cfg: CfgNode, dataset_name: str, mapper: Optional[DatasetMapper] = None
-) -> Any:
-    """detectron2's test loader (batch 1, every image once) with the proposal mapper.
-
-    Args:
-        cfg: the config; proposals of ``dataset_name`` come from its entry in
-            ``DATASETS.PROPOSAL_DIRS_TEST`` / ``PROPOSAL_FILES_TEST`` if it is in
-            ``DATASETS.TEST``, else from its metadata's ``proposal_dir``.
-        dataset_name: a registered dataset.
-        mapper: a mapper to use instead of ``PrecomputedProposalMapper(cfg, False)``.
-
-    Returns:
-        an iterable of one-element lists of mapped dicts.
-    """
-    dicts = _cfg_test_dicts(cfg, dataset_name)
-    if mapper is None:
-        mapper = PrecomputedProposalMapper(cfg, False)
-    return build_detection_test_loader(dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)

@@ -18,6 +18,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 from tqdm import tqdm
 
+from ..utils import box_iou
 from .proposals import load_proposal_file, rank_scores, save_proposal_file
 
 logger = logging.getLogger(__name__)
@@ -194,13 +195,7 @@ def proposal_recall(
         if not len(boxes):
             best.extend([0.0] * len(gt))
             continue
-        lt = np.maximum(gt[:, None, :2], boxes[None, :, :2])
-        rb = np.minimum(gt[:, None, 2:], boxes[None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-        area_g = np.prod(gt[:, 2:] - gt[:, :2], axis=1)
-        area_b = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-        iou = inter / np.maximum(area_g[:, None] + area_b[None] - inter, 1e-9)
-        best.extend(iou.max(axis=1).tolist())
+        best.extend(box_iou(gt, boxes).max(axis=1).tolist())
     b = np.asarray(best)
     out = {f"recall@{t:g}": float((b >= t).mean()) if b.size else 0.0 for t in thresholds}
     out["mabo"] = float(b.mean()) if b.size else 0.0

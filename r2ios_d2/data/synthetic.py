@@ -2,7 +2,7 @@
 
 Real VOC/SBD data and ImageNet weights cannot be downloaded everywhere, so the demo, tests and
 benchmarks use this dataset. It is written twice, as the public releases are laid out, and read
-back through exactly the real loaders of :mod:`r2ios_d2.data.datasets`::
+back through exactly the real loaders of :mod:`r2ios_d2.data.voc_sbd`::
 
     <root>/SBD/img/<id>.jpg  inst/<id>.mat  cls/<id>.mat  train.txt  val.txt
     <root>/VOC2012/JPEGImages/<id>.jpg  SegmentationObject/<id>.png  SegmentationClass/<id>.png
@@ -49,7 +49,6 @@ Difficulty statistics of the default dataset (``--num-train 160 --num-val 60 --s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -57,22 +56,18 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
-import scipy.io
-import scipy.sparse
-from PIL import Image
 
-from .datasets import (
-    datasets_root,
-    masks_to_annotations,
-    register_sbd,
-    register_voc_seg,
-    voc_palette,
-)
+from ..utils import box_iou
+from .datasets import datasets_root, register_sbd, register_voc_seg
+from .synthetic_render import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, render_image
+from .synthetic_writers import make_layout, write_image, write_split_files
+from .voc_sbd import masks_to_annotations
 
 logger = logging.getLogger(__name__)
 
+# The synthetic dataset's public names (rendering and the format writers are in
+# synthetic_render.py and synthetic_writers.py).
 __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_COLORS",
@@ -85,19 +80,8 @@ __all__ = [
     "synthetic_root",
 ]
 
-SYNTHETIC_CLASSES: Tuple[str, ...] = ("disc", "tile", "leaf", "star", "ring")
-SYNTHETIC_COLORS: List[Tuple[int, int, int]] = [
-    (230, 80, 40),
-    (40, 90, 220),
-    (40, 170, 60),
-    (240, 210, 30),
-    (160, 60, 200),
-]
 MARKER = "r2ios_synthetic.json"
 _VERSION = 1
-# An instance must keep this much of itself visible, else it is not drawn.
-_MIN_VISIBLE_FRAC = 0.3
-_MIN_VISIBLE_PIXELS = 40
 
 
 def synthetic_root() -> str:
@@ -135,302 +119,14 @@ def prepare_synthetic_benchmark(
     return root
 
 
-# ------------------------------------------------------------------------------ drawing
-
-
-def _jitter_color(rng: np.random.Generator, base: Sequence[int], amount: float) -> np.ndarray:
-    return np.clip(np.asarray(base, np.float32) + rng.normal(0, amount, 3), 0, 255)
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A cluttered background (float32 HxWx3 RGB): gradient, blotches, noise, distractors."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    c0, c1 = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
-    angle = rng.uniform(0, np.pi)
-    t = (xx * np.cos(angle) + yy * np.sin(angle)) / (h + w)
-    t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    # Low-frequency blotches.
-    small = rng.normal(0, 25, (max(2, h // 24), max(2, w // 24), 3)).astype(np.float32)
-    img += cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += rng.normal(0, 6, (h, w, 3))
-    canvas = np.ascontiguousarray(img.astype(np.float32))
-    # Distractors: not objects. Greyish blobs, lines and textured polygons.
-    for _ in range(int(rng.integers(2, 7))):
-        kind = rng.integers(0, 3)
-        grey = rng.uniform(50, 210)
-        color = tuple(float(v) for v in np.clip(grey + rng.normal(0, 20, 3), 0, 255))
-        if kind == 0:  # blob
-            center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            axes = (int(rng.integers(3, 12)), int(rng.integers(3, 12)))
-            cv2.ellipse(canvas, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
-        elif kind == 1:  # line
-            p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            cv2.line(canvas, p0, p1, color, int(rng.integers(1, 3)))
-        else:  # textured irregular patch
-            pts = _random_polygon(rng, w, h, radius=rng.uniform(8, 22), n=int(rng.integers(5, 9)))
-            mask = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(mask, [pts], 1)
-            noise = rng.normal(0, 30, (h, w, 1)).astype(np.float32)
-            tex = np.asarray(color, np.float32)[None, None] + noise
-            canvas[mask.astype(bool)] = tex[mask.astype(bool)]
-    return canvas
-
-
-def _random_polygon(rng: np.random.Generator, w: int, h: int, radius: float, n: int) -> np.ndarray:
-    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-    radii = radius * rng.uniform(0.5, 1.0, n)
-    pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-    return np.round(pts).astype(np.int32)
-
-
-def _shape_mask(
-    cls: int, h: int, w: int, cx: float, cy: float, size: float, angle: float, aspect: float
-) -> np.ndarray:
-    """Full (amodal) boolean mask of one object of class ``cls``."""
-    mask = np.zeros((h, w), np.uint8)
-    r = size / 2
-    center = (int(round(cx)), int(round(cy)))
-    deg = float(np.degrees(angle))
-    if cls == 0:  # disc: ellipse
-        cv2.ellipse(mask, center, (max(2, int(r)), max(2, int(r * aspect))), deg, 0, 360, 1, -1)
-    elif cls == 1:  # tile: rotated rectangle
-        box = cv2.boxPoints(((cx, cy), (size, size * aspect), deg))
-        cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 1)
-    elif cls == 2:  # leaf: kite
-        a = np.array([0, np.pi / 2, np.pi, 3 * np.pi / 2]) + angle
-        rr = np.array([r, r * 0.45 * aspect, r * 0.8, r * 0.45 * aspect])
-        pts = np.stack([cx + rr * np.cos(a), cy + rr * np.sin(a)], 1)
-        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    elif cls == 3:  # star: five points
-        a = angle + np.arange(10) * np.pi / 5
-        rr = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        pts = np.stack([cx + rr * np.cos(a), cy + rr * np.sin(a)], 1)
-        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    else:  # ring: annulus
-        outer = (max(3, int(r)), max(3, int(r * aspect)))
-        inner = (max(1, int(outer[0] * 0.5)), max(1, int(outer[1] * 0.5)))
-        cv2.ellipse(mask, center, outer, deg, 0, 360, 1, -1)
-        cv2.ellipse(mask, center, inner, deg, 0, 360, 0, -1)
-    return mask.astype(bool)
-
-
-def _texture(
-    rng: np.random.Generator, cls: int, h: int, w: int, cx: float, cy: float, size: float
-) -> np.ndarray:
-    """Appearance of one object of class ``cls`` over the whole image (float32 HxWx3)."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = _jitter_color(rng, SYNTHETIC_COLORS[cls], 18)
-    if cls == 0:  # radial shading
-        d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / max(size / 2, 1)
-        tex = base[None, None] * (1.05 - 0.45 * np.clip(d, 0, 1))[..., None]
-    elif cls == 1:  # stripes of two colours
-        theta = rng.uniform(0, np.pi)
-        period = rng.uniform(3, 7)
-        s = ((xx * np.cos(theta) + yy * np.sin(theta)) / period) % 2 < 1
-        other = _jitter_color(rng, (225, 225, 235), 15)
-        tex = np.where(s[..., None], base[None, None], other[None, None])
-    elif cls == 2:  # checker of the colour and a darker shade
-        p = int(rng.integers(3, 6))
-        s = ((xx // p + yy // p) % 2).astype(bool)
-        tex = np.where(s[..., None], base[None, None], 0.55 * base[None, None])
-    else:  # star, ring: flat
-        tex = np.broadcast_to(base[None, None], (h, w, 3))
-    tex = tex + rng.normal(0, 8, (h, w, 1))
-    return tex.astype(np.float32)
-
-
-def _visible(masks: List[np.ndarray], h: int, w: int) -> Tuple[np.ndarray, List[np.ndarray]]:
-    label = np.zeros((h, w), np.int32)
-    for k, m in enumerate(masks):
-        label[m] = k + 1
-    return label, [label == k + 1 for k in range(len(masks))]
-
-
-def _place_objects(rng: np.random.Generator, h: int, w: int) -> List[Dict[str, Any]]:
-    """Object parameters in painting (depth) order: groups of same-class objects + singles."""
-    objs = []
-    side = min(h, w)
-    num_groups = int(rng.integers(1, 4))
-    for _ in range(num_groups):
-        cls = int(rng.integers(0, len(SYNTHETIC_CLASSES)))
-        n = int(rng.choice([1, 2, 2, 3, 3, 4]))
-        size = float(np.exp(rng.uniform(np.log(0.12 * side), np.log(0.5 * side))))
-        cx, cy = rng.uniform(0.15 * w, 0.85 * w), rng.uniform(0.15 * h, 0.85 * h)
-        for _ in range(n):
-            s = size * rng.uniform(0.8, 1.2)
-            objs.append(dict(cls=cls, cx=cx, cy=cy, size=s))
-            step = s * rng.uniform(0.3, 0.7)
-            a = rng.uniform(0, 2 * np.pi)
-            cx = float(np.clip(cx + step * np.cos(a), 0, w - 1))
-            cy = float(np.clip(cy + step * np.sin(a), 0, h - 1))
-    for _ in range(int(rng.integers(0, 3))):
-        size = float(np.exp(rng.uniform(np.log(0.12 * side), np.log(0.5 * side))))
-        objs.append(
-            dict(
-                cls=int(rng.integers(0, len(SYNTHETIC_CLASSES))),
-                cx=rng.uniform(0, w),
-                cy=rng.uniform(0, h),
-                size=size,
-            )
-        )
-    order = rng.permutation(len(objs))
-    objs = [objs[i] for i in order]
-    for o in objs:
-        o["angle"] = float(rng.uniform(0, 2 * np.pi))
-        o["aspect"] = float(rng.uniform(0.6, 1.0))
-    return objs
-
-
-def render_image(
-    rng: np.random.Generator, h: int, w: int
-) -> Tuple[np.ndarray, np.ndarray, List[int], List[int]]:
-    """Render one synthetic image.
-
-    Args:
-        rng: random generator (the image is a deterministic function of its state).
-        h, w: image size.
-
-    Returns:
-        image: uint8 (h, w, 3) RGB.
-        inst_map: uint8 (h, w); 0 background, k = instance k (1-based, depth order).
-        classes: class id (0-based) of each instance.
-        amodal_areas: pixel count of each instance's full shape (before occlusion).
-    """
-    canvas = _background(rng, h, w)
-    objs = _place_objects(rng, h, w)
-    masks = [
-        _shape_mask(o["cls"], h, w, o["cx"], o["cy"], o["size"], o["angle"], o["aspect"])
-        for o in objs
-    ]
-    keep = [i for i, m in enumerate(masks) if m.sum() >= _MIN_VISIBLE_PIXELS]
-    # Drop the most occluded object until every drawn one is visible enough.
-    while keep:
-        _, vis = _visible([masks[i] for i in keep], h, w)
-        fracs = [v.sum() / max(masks[i].sum(), 1) for v, i in zip(vis, keep)]
-        ok = [f >= _MIN_VISIBLE_FRAC and v.sum() >= _MIN_VISIBLE_PIXELS for f, v in zip(fracs, vis)]
-        if all(ok):
-            break
-        keep.pop(int(np.argmin(fracs)))
-    label, vis = _visible([masks[i] for i in keep], h, w)
-    for k, i in enumerate(keep):
-        o = objs[i]
-        tex = _texture(rng, o["cls"], h, w, o["cx"], o["cy"], o["size"])
-        canvas[vis[k]] = tex[vis[k]]
-    # Foreground occluders that cut objects into pieces.
-    for _ in range(int(rng.choice([0, 0, 1, 1, 2]))):
-        pole = np.zeros((h, w), np.uint8)
-        p0 = (int(rng.integers(0, w)), 0)
-        p1 = (int(rng.integers(0, w)), h - 1)
-        if rng.random() < 0.5:
-            p0, p1 = (0, int(rng.integers(0, h))), (w - 1, int(rng.integers(0, h)))
-        cv2.line(pole, p0, p1, 1, int(rng.integers(3, 7)))
-        pole = pole.astype(bool)
-        after = [v & ~pole for v in vis]
-        if all(
-            a.sum() >= _MIN_VISIBLE_PIXELS and a.sum() >= _MIN_VISIBLE_FRAC * masks[i].sum()
-            for a, i in zip(after, keep)
-        ):
-            color = _jitter_color(rng, (110, 90, 70), 25)
-            canvas[pole] = color + rng.normal(0, 6, (int(pole.sum()), 3))
-            label[pole] = 0
-            vis = after
-    image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
-    classes = [objs[i]["cls"] for i in keep]
-    amodal = [int(masks[i].sum()) for i in keep]
-    return image, label.astype(np.uint8), classes, amodal
-
-
-def _void_band(inst_map: np.ndarray) -> np.ndarray:
-    """Pixels next to a label change (8-neighbourhood): VOC's void band, 2 px wide."""
-    m = inst_map.astype(np.int16)
-    pad = np.pad(m, 1, mode="edge")
-    h, w = m.shape
-    band = np.zeros_like(m, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            band |= pad[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] != m
-    # Never void an instance completely.
-    for k in np.unique(m):
-        if k and not (m == k)[~band].any():
-            band[m == k] = False
-    return band
-
-
-def _boundaries(masks: List[np.ndarray]) -> np.ndarray:
-    cells = np.empty((len(masks), 1), dtype=object)
-    kernel = np.ones((3, 3), np.uint8)
-    for k, m in enumerate(masks):
-        inner = cv2.erode(m.astype(np.uint8), kernel, borderValue=0).astype(bool)
-        cells[k, 0] = scipy.sparse.csc_matrix(m & ~inner)
-    return cells
-
-
 # ------------------------------------------------------------------------------ writing
-
-
-def _savemat(path: str, content: Dict[str, Any]) -> None:
-    """``scipy.io.savemat`` (MATLAB 5 format, compressed) with a fixed header text.
-
-    The 116-byte descriptive header normally holds the creation time, which would make two
-    runs with the same seed write different bytes.
-    """
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, content, do_compression=True)
-    data = bytearray(buf.getvalue())
-    data[:116] = b"MATLAB 5.0 MAT-file, written by r2ios_d2.data.synthetic".ljust(116)
-    with open(path, "wb") as f:
-        f.write(bytes(data))
-
-
-def _write_image(
-    out: str, image_id: str, image: np.ndarray, inst_map: np.ndarray, classes: List[int]
-) -> None:
-    palette = voc_palette(256).reshape(-1).tolist()
-    sbd, voc = os.path.join(out, "SBD"), os.path.join(out, "VOC2012")
-    jpg = os.path.join(sbd, "img", f"{image_id}.jpg")
-    Image.fromarray(image).save(jpg, quality=90)
-    shutil.copyfile(jpg, os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
-    n = len(classes)
-    cls_map = np.zeros_like(inst_map)
-    for k, c in enumerate(classes):
-        cls_map[inst_map == k + 1] = c + 1
-    inst_masks = [inst_map == k + 1 for k in range(n)]
-    present = sorted({c + 1 for c in classes})
-    _savemat(
-        os.path.join(sbd, "inst", f"{image_id}.mat"),
-        {
-            "GTinst": {
-                "Segmentation": inst_map,
-                "Boundaries": _boundaries(inst_masks),
-                "Categories": np.asarray([c + 1 for c in classes], np.uint8).reshape(-1, 1),
-            }
-        },
-    )
-    _savemat(
-        os.path.join(sbd, "cls", f"{image_id}.mat"),
-        {
-            "GTcls": {
-                "Segmentation": cls_map,
-                "Boundaries": _boundaries(
-                    [cls_map == c + 1 for c in range(len(SYNTHETIC_CLASSES))]
-                ),
-                "CategoriesPresent": np.asarray(present, np.uint8).reshape(-1, 1),
-            }
-        },
-    )
-    void = _void_band(inst_map)
-    for sub, arr in (("SegmentationObject", inst_map), ("SegmentationClass", cls_map)):
-        png = Image.fromarray(np.where(void, 255, arr).astype(np.uint8), mode="P")
-        png.putpalette(palette)
-        png.save(os.path.join(voc, sub, f"{image_id}.png"))
 
 
 def _split_records(
     out: str, split: str, num: int, seed: int, sizes: Tuple[int, int, int, int]
 ) -> List[Dict[str, Any]]:
+    """Render and write the ``num`` images of ``split``; their dataset dicts (plus
+    ``amodal_areas``), without ``file_name``."""
     split_code = {"train": 0, "val": 1}[split]
     hmin, hmax, wmin, wmax = sizes
     records = []
@@ -439,7 +135,7 @@ def _split_records(
         h, w = int(rng.integers(hmin, hmax + 1)), int(rng.integers(wmin, wmax + 1))
         image, inst_map, classes, amodal = render_image(rng, h, w)
         image_id = f"{split}_{i:06d}"
-        _write_image(out, image_id, image, inst_map, classes)
+        write_image(out, image_id, image, inst_map, classes)
         masks = [inst_map == k + 1 for k in range(len(classes))]
         records.append(
             {
@@ -450,10 +146,7 @@ def _split_records(
                 "amodal_areas": amodal,
             }
         )
-    with open(os.path.join(out, "SBD", f"{split}.txt"), "w") as f:
-        f.write("".join(f"{r['image_id']}\n" for r in records))
-    with open(os.path.join(out, "VOC2012", "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
-        f.write("".join(f"{r['image_id']}\n" for r in records))
+    write_split_files(out, split, [r["image_id"] for r in records])
     return records
 
 
@@ -509,32 +202,36 @@ def generate_synthetic_dataset(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
     try:
-        for sub in ("SBD/img", "SBD/inst", "SBD/cls", "VOC2012/JPEGImages"):
-            os.makedirs(os.path.join(tmp, sub))
-        for sub in ("SegmentationObject", "SegmentationClass", "ImageSets/Segmentation"):
-            os.makedirs(os.path.join(tmp, "VOC2012", sub))
-        sizes = (min_size[0], max_size[0], min_size[1], max_size[1])
-        stats = {}
-        for split, num in (("train", num_train), ("val", num_val)):
-            logger.info(f"Writing {num} synthetic {split} images to {root}")
-            records = _split_records(tmp, split, num, seed, sizes)
-            stats[split] = difficulty_statistics(
-                records, amodal_areas={r["image_id"]: r["amodal_areas"] for r in records}
-            )
-        content = {
-            "version": _VERSION,
-            "args": args,
-            "classes": list(SYNTHETIC_CLASSES),
-            "stats": stats,
-        }
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(content, f, indent=2)
+        content = _write_dataset(tmp, root, args)
         _swap_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for split in ("train", "val"):
-        log_difficulty_statistics(stats[split], f"synthetic {split}")
+        log_difficulty_statistics(content["stats"][split], f"synthetic {split}")
+    return content
+
+
+def _write_dataset(tmp: str, root: str, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Write both splits and, last, the marker into the empty folder ``tmp`` (``root`` is only
+    named in the log); the marker's content."""
+    make_layout(tmp)
+    sizes = (args["min_size"][0], args["max_size"][0], args["min_size"][1], args["max_size"][1])
+    stats = {}
+    for split, num in (("train", args["num_train"]), ("val", args["num_val"])):
+        logger.info(f"Writing {num} synthetic {split} images to {root}")
+        records = _split_records(tmp, split, num, args["seed"], sizes)
+        stats[split] = difficulty_statistics(
+            records, amodal_areas={r["image_id"]: r["amodal_areas"] for r in records}
+        )
+    content = {
+        "version": _VERSION,
+        "args": args,
+        "classes": list(SYNTHETIC_CLASSES),
+        "stats": stats,
+    }
+    with open(os.path.join(tmp, MARKER), "w") as f:
+        json.dump(content, f, indent=2)
     return content
 
 
@@ -556,15 +253,6 @@ def _swap_into_place(tmp: str, root: str) -> None:
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
 def difficulty_statistics(
@@ -589,7 +277,7 @@ def difficulty_statistics(
     """
     import pycocotools.mask as mask_util
 
-    n_inst = overlap = partnered = iou_gt = 0
+    n_inst = overlap = 0
     max_ious: List[float] = []
     sides: List[float] = []
     hidden = total = 0
@@ -599,20 +287,10 @@ def difficulty_statistics(
         if not annos:
             continue
         boxes = np.asarray([a["bbox"] for a in annos], np.float64).reshape(-1, 4)
-        cats = np.asarray([a["category_id"] for a in annos])
         sides.extend(np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)).tolist())
-        ious = _box_iou(boxes, boxes)
-        lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-        rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-        intersects = np.all(rb > lt, axis=2)
-        same = (cats[:, None] == cats[None]) & ~np.eye(len(annos), dtype=bool)
-        for i in range(len(annos)):
-            if same[i].any():
-                partnered += 1
-                m = float(ious[i][same[i]].max())
-                max_ious.append(m)
-                iou_gt += m > 0.3
-                overlap += bool((intersects[i] & same[i]).any())
+        image_ious, image_overlap = _same_class_overlaps(boxes, [a["category_id"] for a in annos])
+        max_ious.extend(image_ious)
+        overlap += image_overlap
         if amodal_areas is not None:
             vis = mask_util.area([a["segmentation"] for a in annos])
             full = np.asarray(amodal_areas[d["image_id"]], np.float64)
@@ -625,7 +303,7 @@ def difficulty_statistics(
         "mean_instances_per_image": n_inst / max(n_img, 1),
         "frac_same_class_overlap": overlap / max(n_inst, 1),
         "mean_max_same_class_iou": float(np.mean(max_ious)) if max_ious else 0.0,
-        "frac_same_class_iou_gt_0.3": iou_gt / max(n_inst, 1),
+        "frac_same_class_iou_gt_0.3": sum(m > 0.3 for m in max_ious) / max(n_inst, 1),
         "min_box_side": float(np.min(sides)) if sides else 0.0,
         "median_box_side": float(np.median(sides)) if sides else 0.0,
         "max_box_side": float(np.max(sides)) if sides else 0.0,
@@ -633,6 +311,31 @@ def difficulty_statistics(
     if amodal_areas is not None:
         stats["occluded_pixel_fraction"] = hidden / max(total, 1.0)
     return stats
+
+
+def _same_class_overlaps(boxes: np.ndarray, categories: Sequence[int]) -> Tuple[List[float], int]:
+    """Same-class box overlap in one image.
+
+    Args:
+        boxes: (N, 4) float64 XYXY boxes of the image's instances.
+        categories: N class ids.
+
+    Returns:
+        for each instance with a same-class partner, the largest box IoU with one (in instance
+        order); and how many of them overlap a partner's box (IoU > 0: a positive-area
+        intersection).
+    """
+    cats = np.asarray(categories)
+    ious = box_iou(boxes, boxes)
+    same = (cats[:, None] == cats[None]) & ~np.eye(len(cats), dtype=bool)
+    max_ious: List[float] = []
+    overlap = 0
+    for i in range(len(cats)):
+        if same[i].any():
+            partner_ious = ious[i][same[i]]
+            max_ious.append(float(partner_ious.max()))
+            overlap += bool((partner_ious > 0).any())
+    return max_ious, overlap
 
 
 def log_difficulty_statistics(stats: Dict[str, float], name: str = "dataset") -> None:

@@ -20,7 +20,7 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically (see :func:`r2ios_d2.atomic.atomic_open`)."""
     with atomic_open(path, "wb", suffix=".pth") as f:
         torch.save(obj, f)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path``, atomically."""
-    with atomic_open(path, "w") as f:
-        f.write(text)
 
 
 class R2IOSCheckpointer(DetectionCheckpointer):

@@ -36,8 +36,12 @@ from detectron2.evaluation import (
 )
 from detectron2.utils import comm
 
-from ..data import PrecomputedProposalMapper, r2ios_train_dataset_dicts
-from ..data.proposals import build_r2ios_test_loader, build_r2ios_train_loader
+from ..data import (
+    PrecomputedProposalMapper,
+    build_r2ios_test_loader,
+    build_r2ios_train_loader,
+    r2ios_train_dataset_dicts,
+)
 from ..evaluation import SDSEvaluator
 from .checkpoint import R2IOSCheckpointer
 from .compat import (

@@ -2,11 +2,13 @@
 and Segmentation" (ECCV 2014), as reported by R2-IOS, MNC and FCIS on PASCAL VOC / SBD.
 
 Everything here is pure (no detectron2 state): lists with one entry per image of predicted masks,
-labels and scores, and of ground-truth masks and labels. Masks are handled as COCO run-length
-encodings (RLE, :mod:`pycocotools.mask`) so that no dense (R, H, W) array has to be kept; the dense
-entry point :func:`eval_instance_segmentation_voc` encodes and calls the RLE one.
+labels and scores, and of ground-truth masks and labels. This module matches detections to GT
+instances and integrates AP from per-image IoU matrices (:func:`evaluate_from_ious`); the mask IoU
+is :mod:`r2ios_d2.evaluation.mask_iou`, and the entry points from masks (:func:`evaluate_all`,
+:func:`eval_instance_segmentation_voc`) are :mod:`r2ios_d2.evaluation.mask_ap`. Masks are COCO
+run-length encodings (RLE, :mod:`pycocotools.mask`) so that no dense (R, H, W) array is kept.
 
-Conventions (shared by every function of this module):
+Conventions (shared by every function of the evaluation package):
 
 * **Labels** are foreground class indices ``0 .. K-1`` (no background index).
 * **IoU** is computed over the whole image, once per image, as a (R, G) matrix between the R
@@ -42,138 +44,22 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 
 __all__ = [
     "MATCHING_RULES",
-    "VOID_MODES",
     "VOL_THRESHOLDS",
     "average_precision",
-    "box_iou",
-    "encode_masks",
-    "eval_instance_segmentation_voc",
-    "eval_instance_segmentation_voc_rle",
-    "evaluate_all",
     "evaluate_from_ious",
-    "mask_iou_rle",
     "match_image",
+    "threshold_sets",
+    "vol_average",
 ]
 
-RLE = Dict[str, Any]
-"""A COCO compressed RLE: ``{"size": [H, W], "counts": bytes | str}``."""
-
 MATCHING_RULES = ("sds", "voc")
-VOID_MODES = ("union", "ignore")
 VOL_THRESHOLDS: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 10))
 """The nine thresholds 0.1, 0.2, ..., 0.9 over which AP^r_vol is averaged (Hariharan et al.)."""
 
 
-# --------------------------------------------------------------------------------------------
-# IoU
-# --------------------------------------------------------------------------------------------
-def encode_masks(masks: np.ndarray) -> List[RLE]:
-    """Encode binary masks as COCO RLEs.
-
-    Args:
-        masks: (R, H, W) array; nonzero pixels are foreground.
-
-    Returns:
-        R RLE dicts with ``counts`` as ``bytes``.
-    """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must have shape (R, H, W), got {masks.shape}")
-    if masks.shape[0] == 0:
-        return []
-    # pycocotools wants (H, W, R) uint8 in Fortran order.
-    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-
-
-def _rle_subtract(rles: Sequence[RLE], void: RLE) -> List[RLE]:
-    """``rle AND NOT void`` for each rle (dense round trip; only used when they overlap)."""
-    keep = mask_util.decode(void) == 0
-    out = []
-    for r in rles:
-        m = mask_util.decode(r).astype(bool) & keep
-        out.append(mask_util.encode(np.asfortranarray(m.astype(np.uint8))))
-    return out
-
-
-def mask_iou_rle(
-    pred_rles: Sequence[RLE],
-    gt_rles: Sequence[RLE],
-    void_rle: Optional[RLE] = None,
-    void_mode: str = "union",
-) -> np.ndarray:
-    """Mask IoU between the predictions and the GT instances of one image.
-
-    Args:
-        pred_rles: R RLEs of size (H, W).
-        gt_rles: G RLEs of size (H, W).
-        void_rle: optional RLE of the void pixels of the image.
-        void_mode: ``"union"``: void pixels are background (they count in the union when
-            predicted); ``"ignore"``: they are removed from both intersection and union.
-
-    Returns:
-        (R, G) float64 IoU matrix.
-    """
-    if void_mode not in VOID_MODES:
-        raise ValueError(f"void_mode must be one of {VOID_MODES}, got {void_mode!r}")
-    r, g = len(pred_rles), len(gt_rles)
-    if r == 0 or g == 0:
-        return np.zeros((r, g), dtype=np.float64)
-    iou = np.asarray(mask_util.iou(list(pred_rles), list(gt_rles), [0] * g), dtype=np.float64)
-    if void_mode == "union" or void_rle is None:
-        return iou.reshape(r, g)
-    # "ignore": IoU' = |P∩G∖V| / |(P∪G)∖V|. Strip void from GT first (void belongs to no
-    # instance, so this is normally a no-op), then I' = |P∩G'| and
-    # U' = |P| - |P∩V| + |G'| - I'. I is recovered exactly from IoU = I / (|P| + |G| - I).
-    gt_void = np.array(
-        [mask_util.area(mask_util.merge([x, void_rle], intersect=True)) for x in gt_rles]
-    )
-    if gt_void.any():
-        gt_rles = _rle_subtract(gt_rles, void_rle)
-        iou = np.asarray(mask_util.iou(list(pred_rles), list(gt_rles), [0] * g), dtype=np.float64)
-    iou = iou.reshape(r, g)
-    area_p = mask_util.area(list(pred_rles)).astype(np.float64)
-    area_g = mask_util.area(list(gt_rles)).astype(np.float64)
-    pred_void = np.array(
-        [mask_util.area(mask_util.merge([x, void_rle], intersect=True)) for x in pred_rles],
-        dtype=np.float64,
-    )
-    inter = np.rint(iou * (area_p[:, None] + area_g[None, :]) / (1.0 + iou))
-    union = (area_p - pred_void)[:, None] + area_g[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
-    return out
-
-
-def box_iou(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
-    """IoU of axis-aligned boxes (continuous coordinates: area = (x1 - x0) * (y1 - y0)).
-
-    Args:
-        pred_boxes: (R, 4) XYXY boxes.
-        gt_boxes: (G, 4) XYXY boxes.
-
-    Returns:
-        (R, G) float64 IoU matrix.
-    """
-    a = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.maximum(union, 1e-300), 0.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Matching and AP
-# --------------------------------------------------------------------------------------------
 def match_image(
     ious: np.ndarray,
     pred_labels: np.ndarray,
@@ -210,20 +96,36 @@ def match_image(
         pred_labels[:, None] == gt_labels[None, :], np.asarray(ious, dtype=np.float64), -np.inf
     )
     order = np.argsort(-np.asarray(pred_scores, dtype=np.float64), kind="stable")
+    match = _match_voc if matching == "voc" else _match_sds
+    match(iou, order, thr, tp)
+    return tp
 
-    if matching == "voc":
-        best = np.argmax(iou, axis=1)
-        best_iou = iou[np.arange(r), best]
-        best_o, best_iou_o = best[order], best_iou[order]
-        for t in range(n_t):
-            idx = np.flatnonzero(best_iou_o >= thr[t])
-            # The first qualifying detection (in score order) of each GT takes it; the rest are
-            # duplicates.
-            _, first = np.unique(best_o[idx], return_index=True)
-            tp[t, order[idx[first]]] = True
-        return tp
 
-    # "sds": greedy, each detection takes the best still-unmatched GT of its class.
+def _match_voc(iou: np.ndarray, order: np.ndarray, thr: np.ndarray, tp: np.ndarray) -> None:
+    """``"voc"`` matching of one image into ``tp`` (T, R), in place: each detection looks at its
+    best GT; the first qualifying one in score ``order`` takes it.
+
+    Args:
+        iou: (R, G) IoU, -inf between different classes; order: (R,) detections by score;
+        thr: (T,) thresholds.
+    """
+    r = iou.shape[0]
+    best = np.argmax(iou, axis=1)
+    best_iou = iou[np.arange(r), best]
+    best_o, best_iou_o = best[order], best_iou[order]
+    for t in range(thr.shape[0]):
+        idx = np.flatnonzero(best_iou_o >= thr[t])
+        # The first qualifying detection (in score order) of each GT takes it; the rest are
+        # duplicates.
+        _, first = np.unique(best_o[idx], return_index=True)
+        tp[t, order[idx[first]]] = True
+
+
+def _match_sds(iou: np.ndarray, order: np.ndarray, thr: np.ndarray, tp: np.ndarray) -> None:
+    """``"sds"`` matching of one image into ``tp`` (T, R), in place: greedy, each detection in
+    score ``order`` takes the best still-unmatched GT of its class (arguments as
+    :func:`_match_voc`'s)."""
+    n_t = thr.shape[0]
     row_max = iou.max(axis=1)
     thr_min = thr.min()
     covered = np.zeros((n_t, iou.shape[1]), dtype=bool)
@@ -236,7 +138,6 @@ def match_image(
         hit = cand[t_idx, j] > thr
         tp[hit, i] = True
         covered[t_idx[hit], j[hit]] = True
-    return tp
 
 
 def average_precision(
@@ -321,8 +222,37 @@ def evaluate_from_ious(
     thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if num_classes is None:
         num_classes = _infer_num_classes(pred_labels, gt_labels)
-    n_t = thr.shape[0]
+    tp, scores, labels, n_pos = _match_all(
+        ious, pred_labels, pred_scores, gt_labels, thr, matching, num_classes
+    )
+    ap, precisions, recalls = _pr_curves(tp, scores, labels, n_pos, use_07_metric)
+    return {
+        "thresholds": thr,
+        "ap": ap,
+        "map": _nanmean(ap, axis=1),
+        "n_pos": n_pos,
+        "precision": precisions,
+        "recall": recalls,
+    }
 
+
+def _match_all(
+    ious: Sequence[np.ndarray],
+    pred_labels: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    thr: np.ndarray,
+    matching: str,
+    num_classes: int,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`match_image` on every image (arguments as :func:`evaluate_from_ious`'s, ``thr``
+    (T,) float64).
+
+    Returns:
+        ``tp`` (T, D) bool, ``scores`` (D,) float64 and ``labels`` (D,) int64 of the D
+        detections of all images in input order, and ``n_pos`` (K,) GT instances per class.
+    """
+    n_t = thr.shape[0]
     all_tp, all_scores, all_labels = [], [], []
     n_pos = np.zeros(num_classes, dtype=np.int64)
     for iou, pl, ps, gl in zip(ious, pred_labels, pred_scores, gt_labels):
@@ -340,11 +270,22 @@ def evaluate_from_ious(
         all_tp.append(match_image(iou, pl, ps, gl, thr, matching))
         all_scores.append(ps)
         all_labels.append(pl)
-
     tp = np.concatenate(all_tp, axis=1) if all_tp else np.zeros((n_t, 0), dtype=bool)
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0, dtype=np.int64)
+    return tp, scores, labels, n_pos
 
+
+def _pr_curves(
+    tp: np.ndarray, scores: np.ndarray, labels: np.ndarray, n_pos: np.ndarray, use_07_metric: bool
+) -> Tuple[np.ndarray, List[List[Optional[np.ndarray]]], List[List[Optional[np.ndarray]]]]:
+    """Per-class precision / recall curves and AP from the output of :func:`_match_all`.
+
+    Returns:
+        ``ap`` (T, K), NaN for classes without GT; ``precision`` and ``recall``: per threshold,
+        per class, the (N_k,) curve or None for classes without GT.
+    """
+    n_t, num_classes = tp.shape[0], n_pos.shape[0]
     ap = np.full((n_t, num_classes), np.nan)
     precisions: List[List[Optional[np.ndarray]]] = [[None] * num_classes for _ in range(n_t)]
     recalls: List[List[Optional[np.ndarray]]] = [[None] * num_classes for _ in range(n_t)]
@@ -363,179 +304,27 @@ def evaluate_from_ious(
             precisions[t][k] = prec[t]
             recalls[t][k] = rec[t]
             ap[t, k] = average_precision(prec[t], rec[t], use_07_metric)
-    return {
-        "thresholds": thr,
-        "ap": ap,
-        "map": _nanmean(ap, axis=1),
-        "n_pos": n_pos,
-        "precision": precisions,
-        "recall": recalls,
-    }
+    return ap, precisions, recalls
 
 
-# --------------------------------------------------------------------------------------------
-# Entry points
-# --------------------------------------------------------------------------------------------
-def _check_lengths(*lists: Sequence[Any]) -> None:
-    n = len(lists[0])
-    if any(len(x) != n for x in lists):
-        raise ValueError(f"all inputs must have one entry per image, got {[len(x) for x in lists]}")
-
-
-def evaluate_all(
-    pred_rles: Sequence[Sequence[RLE]],
-    pred_labels: Sequence[np.ndarray],
-    pred_scores: Sequence[np.ndarray],
-    gt_rles: Sequence[Sequence[RLE]],
-    gt_labels: Sequence[np.ndarray],
-    *,
-    thresholds: Optional[Sequence[float]] = None,
-    vol_thresholds: Sequence[float] = VOL_THRESHOLDS,
-    matching: str = "sds",
-    use_07_metric: bool = False,
-    num_classes: Optional[int] = None,
-    gt_void_rles: Optional[Sequence[Optional[RLE]]] = None,
-    void_mode: str = "union",
-) -> Dict[str, Any]:
-    """AP^r at every threshold and AP^r_vol, per class, in one pass over per-image IoU matrices.
-
-    Args:
-        pred_rles: per image, R_i RLEs of the predicted masks (image size).
-        pred_labels: per image, (R_i,) int classes.
-        pred_scores: per image, (R_i,) scores.
-        gt_rles: per image, G_i RLEs of the GT instances.
-        gt_labels: per image, (G_i,) int classes.
-        thresholds: extra IoU thresholds to report, besides ``vol_thresholds``.
-        vol_thresholds: thresholds averaged into AP^r_vol (default 0.1, ..., 0.9, which include
-            0.5, 0.6 and 0.7).
-        matching: ``"sds"`` or ``"voc"`` (module docstring).
-        use_07_metric: VOC2007 11-point AP.
-        num_classes: K; default 1 + the largest label seen.
-        gt_void_rles: per image, an RLE of the void pixels or None.
-        void_mode: ``"union"`` or ``"ignore"`` (module docstring).
-
-    Returns:
-        dict with ``"thresholds"`` (T,) sorted union of both threshold sets, ``"ap"`` (T, K),
-        ``"map"`` (T,), ``"ap_vol"`` (K,) mean of ``ap`` over ``vol_thresholds`` (NaN for classes
-        without GT), ``"map_vol"`` (float), ``"n_pos"`` (K,).
-    """
-    _check_lengths(pred_rles, pred_labels, pred_scores, gt_rles, gt_labels)
-    if gt_void_rles is None:
-        gt_void_rles = [None] * len(pred_rles)
-    _check_lengths(pred_rles, gt_void_rles)
+def threshold_sets(
+    vol_thresholds: Sequence[float], thresholds: Sequence[float] = ()
+) -> Tuple[List[float], List[float]]:
+    """The thresholds to evaluate: ``(vol, thr)``, the AP_vol thresholds and the sorted union
+    of both sets, each rounded to 6 decimals and without repeats."""
     vol = sorted({round(float(t), 6) for t in vol_thresholds})
-    thr = sorted(set(vol) | {round(float(t), 6) for t in (thresholds or ())})
-    for t in thr:
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"IoU thresholds must lie in [0, 1], got {t}")
-    ious = [mask_iou_rle(p, g, v, void_mode) for p, g, v in zip(pred_rles, gt_rles, gt_void_rles)]
-    res = evaluate_from_ious(
-        ious,
-        pred_labels,
-        pred_scores,
-        gt_labels,
-        thresholds=thr,
-        matching=matching,
-        use_07_metric=use_07_metric,
-        num_classes=num_classes,
-    )
-    vol_rows = [thr.index(t) for t in vol]
-    ap_vol = res["ap"][vol_rows].mean(axis=0)  # NaN exactly for classes without GT
-    return {
-        "thresholds": res["thresholds"],
-        "ap": res["ap"],
-        "map": res["map"],
-        "ap_vol": ap_vol,
-        "map_vol": float(_nanmean(ap_vol)),
-        "n_pos": res["n_pos"],
-    }
+    thr = sorted(set(vol) | {round(float(t), 6) for t in thresholds})
+    return vol, thr
 
 
-def eval_instance_segmentation_voc_rle(
-    pred_rles: Sequence[Sequence[RLE]],
-    pred_labels: Sequence[np.ndarray],
-    pred_scores: Sequence[np.ndarray],
-    gt_rles: Sequence[Sequence[RLE]],
-    gt_labels: Sequence[np.ndarray],
-    iou_thresh: float = 0.5,
-    use_07_metric: bool = False,
-    *,
-    matching: str = "sds",
-    num_classes: Optional[int] = None,
-    gt_void_rles: Optional[Sequence[Optional[RLE]]] = None,
-    void_mode: str = "union",
-) -> Dict[str, Any]:
-    """AP^r at one IoU threshold, masks given as RLEs (see :func:`eval_instance_segmentation_voc`).
+def vol_average(
+    ap: np.ndarray, thr: Sequence[float], vol: Sequence[float]
+) -> Tuple[np.ndarray, float]:
+    """AP_vol: the mean of ``ap`` (T, K) over the rows of the thresholds ``vol`` (a subset of
+    ``thr``, the T evaluated thresholds).
 
     Returns:
-        ``{"ap": (K,) array, NaN for classes without GT, "map": float NaN-mean of "ap"}``.
+        ``ap_vol`` (K,), NaN exactly for classes without GT, and its NaN-mean (NaN if all NaN).
     """
-    _check_lengths(pred_rles, pred_labels, pred_scores, gt_rles, gt_labels)
-    if gt_void_rles is None:
-        gt_void_rles = [None] * len(pred_rles)
-    ious = [mask_iou_rle(p, g, v, void_mode) for p, g, v in zip(pred_rles, gt_rles, gt_void_rles)]
-    res = evaluate_from_ious(
-        ious,
-        pred_labels,
-        pred_scores,
-        gt_labels,
-        thresholds=[iou_thresh],
-        matching=matching,
-        use_07_metric=use_07_metric,
-        num_classes=num_classes,
-    )
-    return {"ap": res["ap"][0], "map": float(res["map"][0])}
-
-
-def eval_instance_segmentation_voc(
-    pred_masks: Sequence[np.ndarray],
-    pred_labels: Sequence[np.ndarray],
-    pred_scores: Sequence[np.ndarray],
-    gt_masks: Sequence[np.ndarray],
-    gt_labels: Sequence[np.ndarray],
-    iou_thresh: float = 0.5,
-    use_07_metric: bool = False,
-    *,
-    matching: str = "sds",
-    num_classes: Optional[int] = None,
-    gt_void_masks: Optional[Sequence[Optional[np.ndarray]]] = None,
-    void_mode: str = "union",
-) -> Dict[str, Any]:
-    """AP^r of instance segmentation, PASCAL VOC style (same call and result as chainercv's
-    function of this name, plus keyword options).
-
-    Args:
-        pred_masks: per image, (R_i, H, W) bool predicted masks.
-        pred_labels: per image, (R_i,) int classes in [0, K).
-        pred_scores: per image, (R_i,) scores.
-        gt_masks: per image, (G_i, H, W) bool GT instance masks.
-        gt_labels: per image, (G_i,) int classes in [0, K).
-        iou_thresh: IoU threshold (strict ``>`` with ``matching="sds"``, ``>=`` with ``"voc"``).
-        use_07_metric: VOC2007 11-point AP; default: area under the monotone PR envelope.
-        matching: ``"sds"`` (default) or ``"voc"`` (module docstring).
-        num_classes: K; default 1 + the largest label seen (as chainercv).
-        gt_void_masks: per image, an (H, W) bool mask of void pixels, or None.
-        void_mode: ``"union"`` (default) or ``"ignore"`` (module docstring).
-
-    Returns:
-        ``{"ap": (K,) array, NaN for classes without GT, "map": float NaN-mean of "ap"}``.
-    """
-    _check_lengths(pred_masks, pred_labels, pred_scores, gt_masks, gt_labels)
-    void_rles = None
-    if gt_void_masks is not None:
-        void_rles = [
-            None if v is None else encode_masks(np.asarray(v)[None])[0] for v in gt_void_masks
-        ]
-    return eval_instance_segmentation_voc_rle(
-        [encode_masks(m) for m in pred_masks],
-        pred_labels,
-        pred_scores,
-        [encode_masks(m) for m in gt_masks],
-        gt_labels,
-        iou_thresh,
-        use_07_metric,
-        matching=matching,
-        num_classes=num_classes,
-        gt_void_rles=void_rles,
-        void_mode=void_mode,
-    )
+    ap_vol = ap[[list(thr).index(t) for t in vol]].mean(axis=0)
+    return ap_vol, float(_nanmean(ap_vol))

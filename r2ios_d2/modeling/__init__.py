@@ -15,7 +15,7 @@ from .mask_head import (
     R2IOSFCMaskHead,
     R2IOSMaskHead,
 )
-from .roi_heads import R2IOSROIHeads, reframe_masks, scale_trace_boxes
+from .roi_heads import R2IOSROIHeads, reframe_masks
 
 __all__ = [
     "VGG16TwoBranch",
@@ -27,5 +27,4 @@ __all__ = [
     "R2IOSMaskHead",
     "R2IOSROIHeads",
     "reframe_masks",
-    "scale_trace_boxes",
 ]

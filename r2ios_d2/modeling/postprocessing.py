@@ -3,7 +3,7 @@ mask IoU), the per-iteration trace fields."""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from detectron2.layers import batched_nms
@@ -14,11 +14,13 @@ from .recursion import BestIteration, reframe_masks
 
 __all__ = [
     "TRACE_FIELDS",
+    "TRACE_OUTPUT_FIELDS",
+    "TracedBoxes",
     "attach_trace",
+    "bind_trace",
     "class_wise_nms",
     "per_class_candidates",
     "proposal_candidates",
-    "scale_trace_boxes",
 ]
 
 # Mask-IoU NMS compares masks pasted on a grid whose longer side is at most this many pixels
@@ -28,6 +30,12 @@ _MASK_NMS_MAX_SIDE = 320
 # The per-iteration fields the heads add to their outputs with MODEL.R2IOS.TEST_RECORD_TRACE:
 # trace_<name> for each name (N, T, ...), plus trace_proposals (N, 4) and gate_iteration (N,).
 TRACE_FIELDS = ("boxes", "scores", "classes", "masks")
+# All the Instances fields of the trace.
+TRACE_OUTPUT_FIELDS = (
+    *(f"trace_{name}" for name in TRACE_FIELDS),
+    "trace_proposals",
+    "gate_iteration",
+)
 
 
 def _instances(
@@ -163,21 +171,28 @@ def attach_trace(
     inst.gate_iteration = gate_iteration[src]
 
 
-def scale_trace_boxes(
-    trace_boxes: torch.Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]
-) -> torch.Tensor:
-    """Map ``trace_boxes`` from the network-input image to another resolution.
+class TracedBoxes(Boxes):
+    """``pred_boxes`` of outputs that carry a trace: scaling them (as detectron2's
+    ``detector_postprocess`` does to map detections to the original image) scales the
+    ``trace_boxes`` (N, T, 4) and ``trace_proposals`` (N, 4) of the same ``Instances`` too,
+    so the trace is always in the frame of ``pred_boxes`` and no consumer rescales it."""
 
-    ``detector_postprocess`` rescales ``pred_boxes`` to the original image but leaves extra
-    fields alone, so ``trace_boxes`` stay in the frame of the (resized) network input.
+    def __init__(self, tensor: torch.Tensor, followers: Sequence[torch.Tensor]) -> None:
+        super().__init__(tensor)
+        self._followers = list(followers)
 
-    Args:
-        trace_boxes: (N, T, 4) XYXY boxes in an image of size ``from_size`` (H, W).
-        from_size: (H, W) of the network input image (``images.image_sizes[i]``).
-        to_size: (H, W) to map to (e.g. the dataset dict's ``height``, ``width``).
+    def scale(self, scale_x: float, scale_y: float) -> None:
+        super().scale(scale_x, scale_y)
+        for boxes in self._followers:
+            boxes[..., 0::2] *= scale_x
+            boxes[..., 1::2] *= scale_y
 
-    Returns:
-        (N, T, 4) boxes in the ``to_size`` frame.
-    """
-    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    return trace_boxes * trace_boxes.new_tensor([sx, sy, sx, sy])
+
+def bind_trace(inst: Instances) -> Instances:
+    """Make ``inst.pred_boxes`` carry its trace boxes along (:class:`TracedBoxes`); call it
+    on the final outputs (indexing ``Boxes`` makes plain ones)."""
+    if inst.has("trace_boxes"):
+        inst.pred_boxes = TracedBoxes(
+            inst.pred_boxes.tensor, [inst.trace_boxes, inst.trace_proposals]
+        )
+    return inst

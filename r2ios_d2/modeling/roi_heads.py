@@ -30,10 +30,10 @@ from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
     attach_trace,
+    bind_trace,
     class_wise_nms,
     per_class_candidates,
     proposal_candidates,
-    scale_trace_boxes,
 )
 from .recursion import (
     BestIteration,
@@ -46,7 +46,7 @@ from .recursion import (
     split_by_image,
 )
 
-__all__ = ["R2IOSROIHeads", "reframe_masks", "scale_trace_boxes"]
+__all__ = ["R2IOSROIHeads", "reframe_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,11 @@ class R2IOSROIHeads(StandardROIHeads):
 
     Inference returns ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` and
     ``pred_masks`` (N, 1, M, M foreground probabilities in the frame of ``pred_boxes``); with
-    ``record_trace`` also ``trace_boxes`` (N, T, 4; frame of the network input image, see
-    :func:`scale_trace_boxes`), ``trace_scores`` (N, T; gate scores), ``trace_classes``
-    (N, T; predicted class, K = background), ``trace_masks`` (N, T, M, M; foreground
-    probabilities in the frame of the box each was predicted in, ``l_{t-1}``),
+    ``record_trace`` also ``trace_boxes`` (N, T, 4; frame of ``pred_boxes``: scaled with
+    them by ``detector_postprocess``, see :class:`~.postprocessing.TracedBoxes`),
+    ``trace_scores`` (N, T; gate scores), ``trace_classes`` (N, T; predicted class,
+    K = background), ``trace_masks`` (N, T, M, M; foreground probabilities in the frame of
+    the box each was predicted in, ``l_{t-1}``),
     ``trace_proposals`` (N, 4; ``l_0``, same frame as ``trace_boxes``) and
     ``gate_iteration`` (N,; 0-based ``t' - 1``).
     """
@@ -402,7 +403,7 @@ class R2IOSROIHeads(StandardROIHeads):
                 predictor.test_topk_per_image,
                 self.mask_threshold,
             )
-            results.append(inst)
+            results.append(bind_trace(inst))
         if self.mask_from_output_box:
             self.forward_with_given_boxes(features, results)
         return results
