@@ -202,50 +202,69 @@ class R2IOSPredictor:
         """
         if return_trace is None:
             return_trace = self.return_trace
-        image = np.asarray(original_image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"R2IOSPredictor expects a uint8 (H, W, 3) BGR image, got {image.dtype} "
-                f"{image.shape}"
-            )
+        image = _check_image(original_image)
         height, width = image.shape[:2]
         out: Dict[str, Any] = {}
         with torch.no_grad():
-            model_image = image[:, :, ::-1] if self.input_format == "RGB" else image
-            transform = self.aug.get_transform(model_image)
-            resized = transform.apply_image(model_image)
-            inputs: Dict[str, Any] = {
-                "image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
-                "height": height,
-                "width": width,
-            }
-            if self.uses_precomputed_proposals:
-                boxes, scores = self._prepare_proposals(image, proposals, proposal_scores)
-                out["proposals"] = boxes
-                d = proposal_fields(boxes, scores)
-                utils.transform_proposals(
-                    d, resized.shape[:2], T.TransformList([transform]), proposal_topk=None
-                )
-                inputs["proposals"] = d["proposals"]
-                if len(inputs["proposals"]) == 0:
-                    logger.warning("No proposals left for a %dx%d image", width, height)
-                    out["instances"] = _empty_instances((height, width))
-                    if return_trace:
-                        out["trace"] = _empty_trace(self.cfg)
-                    return out
-            elif proposals is not None:
-                generator = self.cfg.MODEL.PROPOSAL_GENERATOR.NAME
-                raise ValueError(
-                    f"This model makes its own proposals ({generator}); proposals can only be "
-                    "given with MODEL.PROPOSAL_GENERATOR.NAME 'PrecomputedProposals'."
-                )
+            inputs = self._model_inputs(image, proposals, proposal_scores, out)
+            if inputs is None:  # no proposal left
+                logger.warning("No proposals left for a %dx%d image", width, height)
+                out["instances"] = _empty_instances((height, width))
+                if return_trace:
+                    out["trace"] = _empty_trace(self.cfg)
+                return out
             instances = self.model([inputs])[0]["instances"].to("cpu")
-
         trace = _pop_trace(instances)
         out["instances"] = instances
         if return_trace:
             out["trace"] = trace
         return out
+
+    def _model_inputs(
+        self,
+        image: np.ndarray,
+        proposals: Optional[Any],
+        proposal_scores: Optional[Any],
+        out: Dict[str, Any],
+    ) -> Optional[Dict[str, Any]]:
+        """The model's input dict for a BGR ``image`` (resized as the test mapper does, with
+        the proposals transformed alike), or None if no proposal is left; sets
+        ``out["proposals"]`` (original pixels) when the model uses precomputed ones."""
+        height, width = image.shape[:2]
+        model_image = image[:, :, ::-1] if self.input_format == "RGB" else image
+        transform = self.aug.get_transform(model_image)
+        resized = transform.apply_image(model_image)
+        inputs: Dict[str, Any] = {
+            "image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+            "height": height,
+            "width": width,
+        }
+        if not self.uses_precomputed_proposals:
+            if proposals is not None:
+                generator = self.cfg.MODEL.PROPOSAL_GENERATOR.NAME
+                raise ValueError(
+                    f"This model makes its own proposals ({generator}); proposals can only be "
+                    "given with MODEL.PROPOSAL_GENERATOR.NAME 'PrecomputedProposals'."
+                )
+            return inputs
+        boxes, scores = self._prepare_proposals(image, proposals, proposal_scores)
+        out["proposals"] = boxes
+        d = proposal_fields(boxes, scores)
+        utils.transform_proposals(
+            d, resized.shape[:2], T.TransformList([transform]), proposal_topk=None
+        )
+        inputs["proposals"] = d["proposals"]
+        return inputs if len(inputs["proposals"]) else None
+
+
+def _check_image(original_image: Any) -> np.ndarray:
+    """The image as a uint8 (H, W, 3) array, or ``ValueError``."""
+    image = np.asarray(original_image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"R2IOSPredictor expects a uint8 (H, W, 3) BGR image, got {image.dtype} {image.shape}"
+        )
+    return image
 
 
 def _pop_trace(instances: Instances) -> Dict[str, Optional[torch.Tensor]]:

@@ -24,7 +24,7 @@ import argparse
 import logging
 import os
 import shlex
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -187,6 +187,33 @@ def check_proposal_files(dataset_dicts: Sequence[Dict[str, Any]], dataset_name: 
     )
 
 
+def _check_masks(
+    dataset_dicts: Sequence[Dict[str, Any]], dataset_name: str
+) -> Tuple[int, int, int]:
+    """Raise ``ValueError`` if a non-crowd instance has no ``segmentation``; else return the
+    number of non-crowd instances, of images with one, and the largest ``category_id``."""
+    no_mask: List[str] = []
+    num_no_mask = num_instances = num_usable_images = max_category = 0
+    for d in dataset_dicts:
+        anns = [(j, a) for j, a in enumerate(d.get("annotations", [])) if not a.get("iscrowd", 0)]
+        num_instances += len(anns)
+        num_usable_images += bool(anns)
+        for j, a in anns:
+            max_category = max(max_category, int(a["category_id"]))
+            if not a.get("segmentation"):
+                num_no_mask += 1
+                if len(no_mask) < _MAX_LISTED:
+                    no_mask.append(f"annotation {j} of {_image_label(d)}")
+    if num_no_mask:
+        raise ValueError(
+            f"Dataset {dataset_name!r}: {num_no_mask} of {num_instances} instances have no "
+            f"'segmentation' mask (e.g. {'; '.join(no_mask)}). R2-IOS trains a mask head on "
+            "every instance: give each annotation a 'segmentation' (polygons or RLE), or drop "
+            'the annotations without one (or mark them "iscrowd": 1 to leave them out).'
+        )
+    return num_instances, num_usable_images, max_category
+
+
 def check_r2ios_training_dicts(
     dataset_dicts: Sequence[Dict[str, Any]],
     dataset_name: str,
@@ -216,25 +243,7 @@ def check_r2ios_training_dicts(
     """
     if not dataset_dicts:
         raise ValueError(f"Dataset {dataset_name!r} has no images.")
-    no_mask: List[str] = []
-    num_no_mask = num_instances = num_usable_images = max_category = 0
-    for d in dataset_dicts:
-        anns = [(j, a) for j, a in enumerate(d.get("annotations", [])) if not a.get("iscrowd", 0)]
-        num_instances += len(anns)
-        num_usable_images += bool(anns)
-        for j, a in anns:
-            max_category = max(max_category, int(a["category_id"]))
-            if not a.get("segmentation"):
-                num_no_mask += 1
-                if len(no_mask) < _MAX_LISTED:
-                    no_mask.append(f"annotation {j} of {_image_label(d)}")
-    if num_no_mask:
-        raise ValueError(
-            f"Dataset {dataset_name!r}: {num_no_mask} of {num_instances} instances have no "
-            f"'segmentation' mask (e.g. {'; '.join(no_mask)}). R2-IOS trains a mask head on "
-            "every instance: give each annotation a 'segmentation' (polygons or RLE), or drop "
-            'the annotations without one (or mark them "iscrowd": 1 to leave them out).'
-        )
+    num_instances, num_usable_images, max_category = _check_masks(dataset_dicts, dataset_name)
     if num_usable_images == 0:
         raise ValueError(
             f"Dataset {dataset_name!r} has nothing to train on: none of its {len(dataset_dicts)} "

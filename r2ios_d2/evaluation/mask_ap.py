@@ -92,14 +92,8 @@ def evaluate_all(
         num_classes=num_classes,
     )
     ap_vol, map_vol = vol_average(res["ap"], thr, vol)
-    return {
-        "thresholds": res["thresholds"],
-        "ap": res["ap"],
-        "map": res["map"],
-        "ap_vol": ap_vol,
-        "map_vol": map_vol,
-        "n_pos": res["n_pos"],
-    }
+    out = {k: res[k] for k in ("thresholds", "ap", "map")}
+    return {**out, "ap_vol": ap_vol, "map_vol": map_vol, "n_pos": res["n_pos"]}
 
 
 def eval_instance_segmentation_voc_rle(

@@ -6,15 +6,21 @@ segmentation-aware feature ``concat(fc7, vec(v))`` (Sec. 3.2 of the paper), reus
 detectron2's ``FastRCNNOutputLayers`` for the layers, the box transform and the losses.
 """
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_box_head
 from torch import nn
 
-__all__ = ["SegAwareFastRCNNOutputLayers", "scale_grad", "SEG_AWARE_INPUTS"]
+__all__ = [
+    "SEG_AWARE_INPUTS",
+    "SegAwareFastRCNNOutputLayers",
+    "build_r2ios_box_head",
+    "scale_grad",
+]
 
 SEG_AWARE_INPUTS = ("logits", "probs")
 
@@ -128,3 +134,35 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
                 v = v.softmax(dim=1) - 0.5
             x = torch.cat([x, v.flatten(1) * self.seg_scale], dim=1)
         return super().forward(x)
+
+
+def build_r2ios_box_head(cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:
+    """The box branch of ``R2IOSROIHeads`` from a config: ``box_in_features``, ``box_pooler``
+    and ``box_head`` as ``StandardROIHeads`` builds them, and the seg-aware ``box_predictor``.
+
+    Args:
+        cfg: the config (``MODEL.ROI_HEADS``, ``MODEL.ROI_BOX_HEAD``, ``MODEL.R2IOS``).
+        input_shape: the backbone's output shapes.
+    """
+    # StandardROIHeads' pooler and box head (FastRCNNConvFCHead: fc1/fc2 = VGG fc6/fc7)
+    # with the seg-aware predictor; built here, not by super(), which would also build
+    # (and draw the random init of) a stock predictor only to discard it.
+    in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+    box = cfg.MODEL.ROI_BOX_HEAD
+    channels = {input_shape[f].channels for f in in_features}
+    if len(channels) != 1:
+        raise ValueError(f"ROI_HEADS.IN_FEATURES must share a channel count, got {channels}")
+    res = box.POOLER_RESOLUTION
+    pooler = ROIPooler(
+        output_size=res,
+        scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+        sampling_ratio=box.POOLER_SAMPLING_RATIO,
+        pooler_type=box.POOLER_TYPE,
+    )
+    head = build_box_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res))
+    return {
+        "box_in_features": in_features,
+        "box_pooler": pooler,
+        "box_head": head,
+        "box_predictor": SegAwareFastRCNNOutputLayers(cfg, head.output_shape),
+    }

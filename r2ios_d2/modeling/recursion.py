@@ -18,6 +18,7 @@ from torch.nn import functional as F
 __all__ = [
     "BestIteration",
     "IterationTrace",
+    "class_boxes",
     "clip_boxes",
     "decode_class_boxes",
     "flatten_proposals",
@@ -98,6 +99,21 @@ def refine_boxes(
     new = clip_boxes(decode_class_boxes(transform, deltas, boxes, classes), hw)
     ok = ((new[:, 2:] - new[:, :2]) >= MIN_BOX_SIDE).all(dim=1, keepdim=True)
     return torch.where(ok, new, boxes)
+
+
+def class_boxes(
+    transform: Box2BoxTransform,
+    deltas: torch.Tensor,
+    boxes: torch.Tensor,
+    hw: torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
+    """(B, K, 4) clipped boxes of every foreground class (class-agnostic regression: the same
+    box K times) from deltas (B, 4K or 4) applied to boxes (B, 4) in images ``hw`` (B, 2)."""
+    n, n_reg = len(boxes), deltas.shape[1] // 4  # explicit: B may be 0
+    decoded = transform.apply_deltas(deltas, boxes)
+    clipped = clip_boxes(decoded.reshape(-1, 4), hw.repeat_interleave(n_reg, 0))
+    return clipped.view(n, n_reg, 4).expand(-1, num_classes, -1)
 
 
 def gate_iterations(class_logits: List[torch.Tensor], gt_classes: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,13 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_mask_head
-from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import StandardROIHeads, build_box_head
+from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
 from ..config_checks import validate_r2ios_config
-from .box_head import SegAwareFastRCNNOutputLayers
+from .box_head import SegAwareFastRCNNOutputLayers, build_r2ios_box_head
 from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
@@ -38,7 +37,7 @@ from .postprocessing import (
 from .recursion import (
     BestIteration,
     IterationTrace,
-    clip_boxes,
+    class_boxes,
     flatten_proposals,
     gate_iterations,
     refine_boxes,
@@ -179,28 +178,7 @@ class R2IOSROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
-        # StandardROIHeads' pooler and box head (FastRCNNConvFCHead: fc1/fc2 = VGG fc6/fc7)
-        # with the seg-aware predictor; built here, not by super(), which would also build
-        # (and draw the random init of) a stock predictor only to discard it.
-        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        box = cfg.MODEL.ROI_BOX_HEAD
-        channels = {input_shape[f].channels for f in in_features}
-        if len(channels) != 1:
-            raise ValueError(f"ROI_HEADS.IN_FEATURES must share a channel count, got {channels}")
-        res = box.POOLER_RESOLUTION
-        pooler = ROIPooler(
-            output_size=res,
-            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
-            sampling_ratio=box.POOLER_SAMPLING_RATIO,
-            pooler_type=box.POOLER_TYPE,
-        )
-        head = build_box_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res))
-        return {
-            "box_in_features": in_features,
-            "box_pooler": pooler,
-            "box_head": head,
-            "box_predictor": SegAwareFastRCNNOutputLayers(cfg, head.output_shape),
-        }
+        return build_r2ios_box_head(cfg, input_shape)
 
     @classmethod
     def _init_mask_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
@@ -454,8 +432,12 @@ class R2IOSROIHeads(StandardROIHeads):
             values = dict(gate=gate, cls=cls, score=score, box=new_boxes, frame=in_boxes)
             if best.per_class:
                 values["probs"] = probs
-                values["class_boxes"] = self._class_boxes(
-                    deltas[better], in_boxes[better], hw[active[better]]
+                values["class_boxes"] = class_boxes(
+                    self.box_predictor.box2box_transform,
+                    deltas[better],
+                    in_boxes[better],
+                    hw[active[better]],
+                    K,
                 )
             best.update(active[better], better, t, mask=mask_probs, **values)
             if trace is not None:
@@ -466,16 +448,6 @@ class R2IOSROIHeads(StandardROIHeads):
                 # same input and repeat this one exactly (and never win the gate on a tie).
                 active = active[moving]
         return best, (trace.filled() if trace is not None else None)
-
-    def _class_boxes(
-        self, deltas: torch.Tensor, boxes: torch.Tensor, hw: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, K, 4) clipped boxes of every foreground class (class-agnostic regression:
-        the same box K times) from deltas (B, 4K or 4) applied to boxes (B, 4)."""
-        n, n_reg = len(boxes), deltas.shape[1] // 4  # explicit: B may be 0
-        decoded = self.box_predictor.box2box_transform.apply_deltas(deltas, boxes)
-        clipped = clip_boxes(decoded.reshape(-1, 4), hw.repeat_interleave(n_reg, 0))
-        return clipped.view(n, n_reg, 4).expand(-1, self.num_classes, -1)
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
