@@ -37,7 +37,7 @@ PICKLE_OPT_IN = {
     (
         "r2ios_d2/data/proposals.py",
         "load_proposal_pickle",
-    ): "test_data_proposals.py::test_proposal_pickle_needs_opt_in",
+    ): "data/test_data_proposals.py::test_proposal_pickle_needs_opt_in",
 }
 PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "_pickle"}
 

@@ -434,7 +434,7 @@ def test_evaluator_ignores_predictions_duplicated_by_padding():
 
 
 def _load_cli():
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "evaluate_sds.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "evaluate_sds.py")
     spec = importlib.util.spec_from_file_location("evaluate_sds_cli", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

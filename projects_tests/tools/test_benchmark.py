@@ -11,7 +11,7 @@ import torch
 import r2ios_d2.engine.runs as runs
 from r2ios_d2.benchmarking.records import PeakMemory
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from readme_utils import REPO
 
 from r2ios_d2.data.proposals import load_proposal_file
 from r2ios_d2.data.selective_search import compute_proposals, proposal_recall, selective_search
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "selective_search.py")
+TOOL = os.path.join(REPO, "tools", "selective_search.py")
 
 
 def _image(h=60, w=80, seed=0):

@@ -8,7 +8,7 @@ import pytest
 
 from r2ios_d2.engine import runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGE1 = REPO / "configs" / "synthetic" / "r2ios_tiny_stage1.yaml"
 
 

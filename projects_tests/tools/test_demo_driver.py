@@ -10,7 +10,7 @@ import pytest
 import r2ios_d2.data.synthetic
 import r2ios_d2.engine.runs as runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from r2ios_d2.data.selective_search import selective_search
 from r2ios_d2.data.synthetic import SYNTHETIC_CLASSES, render_image
 from r2ios_d2.engine import atomic_torch_save
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, W = 96, 120  # original image; MIN_SIZE_TEST 64 resizes it to 64 x 80
 T = 4
 
