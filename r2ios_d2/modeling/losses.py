@@ -14,9 +14,16 @@ from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
 
 from .mask_head import R2IOSMaskHead
-from .recursion import flatten_proposals
+from .recursion import flatten_proposals, gate_iterations
 
-__all__ = ["TrainingRows", "mask_loss", "probe_gradients", "put_scalar", "recursion_losses"]
+__all__ = [
+    "TrainingRows",
+    "mask_loss",
+    "probe_gradients",
+    "put_scalar",
+    "recursion_losses",
+    "training_gate",
+]
 
 
 def put_scalar(name: str, value: float) -> None:
@@ -66,6 +73,29 @@ class TrainingRows:
             if m is not None
         ]
         return cat(targets).to(device)
+
+
+def training_gate(iters: list, rows: TrainingRows, gate: bool, num_iterations: int) -> torch.Tensor:
+    """The reversible gate in training: ``t' = argmax_t p_{t,g}`` (first on ties) with
+    ``gate``, else the last iteration; iterations after ``t'`` drop out of the losses. Logs
+    the histogram of ``t'`` (``r2ios/gate_frac_t<t>``).
+
+    Args:
+        iters: per iteration, the foreground rows' outputs (logits second).
+        rows: the batch's rows.
+
+    Returns:
+        (F,) 0-based ``t'`` of the foreground rows.
+    """
+    num_fg = len(rows.fg_idx)
+    if gate and num_fg > 0 and len(iters) > 1:
+        with torch.no_grad():
+            t_prime = gate_iterations([it[1] for it in iters], rows.fg_cls)
+    else:
+        t_prime = torch.full((num_fg,), len(iters) - 1, dtype=torch.long, device=rows.boxes.device)
+    for t in range(num_iterations if num_fg else 0):
+        put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
+    return t_prime
 
 
 def recursion_losses(

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..config_checks import validate_r2ios_config
 from .box_head import SegAwareFastRCNNOutputLayers, build_r2ios_box_head
-from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses
+from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses, training_gate
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
     attach_trace,
@@ -39,7 +39,6 @@ from .recursion import (
     IterationTrace,
     class_boxes,
     flatten_proposals,
-    gate_iterations,
     refine_boxes,
     reframe_masks,
     split_by_image,
@@ -264,8 +263,19 @@ class R2IOSROIHeads(StandardROIHeads):
         rows = TrainingRows(proposals, self.num_classes)
         conf: Optional[List[torch.Tensor]] = [] if self.conf_loss_weight > 0 else None
         iters, bg_ce, v_first = self._train_iterations(box_features, scored, rows, conf)
-        t_prime = self._train_gate(iters, rows)
-        totals = self._train_losses(iters, bg_ce, t_prime, rows)
+        t_prime = training_gate(iters, rows, self.gate, self.num_iterations)
+        totals = recursion_losses(
+            iters,
+            bg_ce,
+            t_prime,
+            rows,
+            box_predictor=self.box_predictor,
+            mask_head=self.mask_head,
+            gate=self.gate,
+            mask_loss_weight=self.mask_loss_weight,
+            conf_loss_weight=self.conf_loss_weight,
+            mask_loss_normalizer=self.mask_loss_normalizer,
+        )
         probe_gradients(
             totals, scored, [v_first] + [it[3] for it in iters[1:]], self.grad_probe_period
         )
@@ -307,42 +317,6 @@ class R2IOSROIHeads(StandardROIHeads):
             )
             iters.append((cur, *out, conf[-1] if conf else None))
         return iters, bg_ce, v
-
-    def _train_gate(self, iters: list, rows: TrainingRows) -> torch.Tensor:
-        """The reversible gate: ``t' = argmax_t p_{t,g}`` (first on ties) with ``GATE``,
-        else the last iteration; iterations after ``t'`` drop out of the losses.
-
-        Returns:
-            (F,) 0-based ``t'`` of the foreground rows.
-        """
-        num_fg = len(rows.fg_idx)
-        if self.gate and num_fg > 0 and len(iters) > 1:
-            with torch.no_grad():
-                t_prime = gate_iterations([it[1] for it in iters], rows.fg_cls)
-        else:
-            t_prime = torch.full(
-                (num_fg,), len(iters) - 1, dtype=torch.long, device=rows.boxes.device
-            )
-        for t in range(self.num_iterations if num_fg else 0):  # histogram of t'
-            put_scalar(f"r2ios/gate_frac_t{t + 1}", (t_prime == t).float().mean().item())
-        return t_prime
-
-    def _train_losses(
-        self, iters: list, bg_ce: torch.Tensor, t_prime: torch.Tensor, rows: TrainingRows
-    ) -> Dict[str, torch.Tensor]:
-        """The losses of every iteration ``t <= t'``, summed over the iterations."""
-        return recursion_losses(
-            iters,
-            bg_ce,
-            t_prime,
-            rows,
-            box_predictor=self.box_predictor,
-            mask_head=self.mask_head,
-            gate=self.gate,
-            mask_loss_weight=self.mask_loss_weight,
-            conf_loss_weight=self.conf_loss_weight,
-            mask_loss_normalizer=self.mask_loss_normalizer,
-        )
 
     # --------------------------------------------------------------------------- inference
     @torch.no_grad()
