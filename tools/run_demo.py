@@ -14,7 +14,9 @@ Steps (each is skipped when its output is already complete, so a re-run resumes)
 7. pictures (final results and the per-iteration trace) of a few val images.
 
 Everything goes to ``--output`` (default ``demo_output/``); ``results.md`` / ``results.json``
-there hold the table printed at the end. Trainings and evaluations run through
+there hold the table printed at the end. ``--long`` (``make demo-long``) trains every run
+(both stages and the baseline) three times longer, schedules scaled alike, into
+``demo_output_long/``. Trainings and evaluations run through
 :class:`r2ios_d2.engine.runs.TrainEvalRunner` (subprocesses of ``tools/train_net.py``, one
 log each under ``logs/``).
 """
