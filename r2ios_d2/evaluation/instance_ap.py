@@ -195,6 +195,7 @@ def evaluate_from_ious(
     matching: str = "sds",
     use_07_metric: bool = False,
     num_classes: Optional[int] = None,
+    vol_thresholds: Optional[Sequence[float]] = None,
 ) -> Dict[str, np.ndarray]:
     """Per-class AP at several IoU thresholds from precomputed per-image IoU matrices.
 
@@ -209,6 +210,8 @@ def evaluate_from_ious(
         matching: ``"sds"`` or ``"voc"``.
         use_07_metric: VOC2007 11-point AP instead of the area under the envelope.
         num_classes: K; default: 1 + the largest label seen.
+        vol_thresholds: if given (a subset of ``thresholds``), also ``"ap_vol"`` (K,) and
+            ``"map_vol"``, the mean AP over them (:func:`vol_average`).
 
     Returns:
         dict with ``"thresholds"`` (T,), ``"ap"`` (T, K) with NaN for classes without GT,
@@ -226,7 +229,7 @@ def evaluate_from_ious(
         ious, pred_labels, pred_scores, gt_labels, thr, matching, num_classes
     )
     ap, precisions, recalls = _pr_curves(tp, scores, labels, n_pos, use_07_metric)
-    return {
+    res = {
         "thresholds": thr,
         "ap": ap,
         "map": _nanmean(ap, axis=1),
@@ -234,6 +237,9 @@ def evaluate_from_ious(
         "precision": precisions,
         "recall": recalls,
     }
+    if vol_thresholds is not None:
+        res["ap_vol"], res["map_vol"] = vol_average(ap, thresholds, vol_thresholds)
+    return res
 
 
 def _match_all(

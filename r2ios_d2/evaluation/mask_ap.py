@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..utils import RLE, encode_masks
-from .instance_ap import VOL_THRESHOLDS, evaluate_from_ious, threshold_sets, vol_average
+from .instance_ap import VOL_THRESHOLDS, evaluate_from_ious, threshold_sets
 from .mask_iou import mask_iou_rle
 
 __all__ = ["evaluate_all", "eval_instance_segmentation_voc", "eval_instance_segmentation_voc_rle"]
@@ -90,10 +90,9 @@ def evaluate_all(
         matching=matching,
         use_07_metric=use_07_metric,
         num_classes=num_classes,
+        vol_thresholds=vol,
     )
-    ap_vol, map_vol = vol_average(res["ap"], thr, vol)
-    out = {k: res[k] for k in ("thresholds", "ap", "map")}
-    return {**out, "ap_vol": ap_vol, "map_vol": map_vol, "n_pos": res["n_pos"]}
+    return {k: res[k] for k in ("thresholds", "ap", "map", "ap_vol", "map_vol", "n_pos")}
 
 
 def eval_instance_segmentation_voc_rle(

@@ -21,7 +21,6 @@ from .instance_ap import (
     VOL_THRESHOLDS,
     evaluate_from_ious,
     threshold_sets,
-    vol_average,
 )
 from .mask_iou import VOID_MODES, mask_iou_rle
 
@@ -156,8 +155,9 @@ def score_predictions(
             matching=matching,
             use_07_metric=use_07_metric,
             num_classes=num_classes,
+            vol_thresholds=vol,
         )
-        ap_vol, map_vol = vol_average(res["ap"], thr, vol)
+        ap_vol, map_vol = res["ap_vol"], res["map_vol"]
         out[name] = {
             "thresholds": res["thresholds"],
             "vol_thresholds": np.asarray(vol),
