@@ -1,5 +1,5 @@
 # r2ios_d2 — every target installs first (fast and silent when already installed).
-#   make demo | make demo-long | make test | make lint | make bench | make install
+#   make demo | make demo-long | make demo-data | make test | make lint | make bench | make install
 #   PYTHON=/path/to/python make install   # into an existing (detectron2) environment
 
 SHELL := /bin/bash
@@ -13,7 +13,7 @@ INSTALL_INPUTS := setup.py pyproject.toml Makefile tools/install_detectron2.py
 PYTEST_ARGS ?= -q
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install test lint format demo demo-long bench clean-install
+.PHONY: install test lint format demo demo-long demo-data bench clean-install
 
 install: $(STAMP)
 
@@ -47,6 +47,9 @@ demo: install
 
 demo-long: install
 	$(PYTHON) tools/run_demo.py --long
+
+demo-data: install
+	$(PYTHON) tools/prepare_demo_data.py
 
 bench: install
 	$(PYTHON) tools/benchmark.py --speed --ablation --quick

@@ -13,6 +13,11 @@ except ImportError as e:  # pragma: no cover - exercised only without detectron2
         "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from e
 
+# First: importing engine.compat filters detectron2 v0.6's known-harmless warnings, which
+# importing detectron2's modules (below) would otherwise print.
+from .engine import compat  # noqa: F401
+
+# isort: split
 from . import data, evaluation, modeling  # noqa: F401  (fills detectron2's registries)
 from .config import add_r2ios_config
 from .predictor import R2IOSPredictor

@@ -5,6 +5,12 @@ know is which strings and numbers make sense. :func:`validate_r2ios_config` chec
 every ``MODEL.R2IOS.*``, ``MODEL.VGG.*`` and r2ios_d2 dataset/solver key, and a few detectron2
 keys whose bad values would otherwise surface as a shape error deep inside training.
 :func:`check_output_dir` makes sure the output folder can be written before training starts.
+
+A wrong config file, key or value given by the user is a :class:`ConfigError` (a usage error:
+the tools print it as one line and exit with status 2, see
+:func:`r2ios_d2.engine.defaults.exit_on_usage_error`). :func:`load_r2ios_config` and
+:func:`load_r2ios_lazy_config` load a config file with command-line overrides, checked, with
+the learning-rate schedule fitted to a shortened run (:mod:`r2ios_d2.engine.schedule`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,32 @@ from detectron2.config import CfgNode
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ConfigError",
+    "ConfigKeyError",
+    "ConfigValueError",
     "allowed_choices",
     "check_lazy_overrides",
     "check_opts_keys",
     "check_output_dir",
+    "load_r2ios_config",
+    "load_r2ios_lazy_config",
     "validate_r2ios_config",
 ]
+
+
+class ConfigError(Exception):
+    """A config file, key or value given by the user is wrong: a usage error, not a bug."""
+
+    def __str__(self) -> str:  # the message, without the quotes KeyError adds
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A config key that does not exist (e.g. misspelt on the command line)."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A config value that cannot work (e.g. out of range)."""
 
 
 def allowed_choices() -> Dict[str, Tuple[str, ...]]:
@@ -153,7 +179,8 @@ def validate_r2ios_config(cfg: CfgNode) -> None:
         cfg: a config with :func:`r2ios_d2.add_r2ios_config` applied and files/opts merged.
 
     Raises:
-        ValueError: naming every bad key, its value and the allowed values, one per line.
+        ConfigValueError: (a ``ValueError``) naming every bad key, its value and the allowed
+            values (one line each when there are several).
     """
     if "R2IOS" not in cfg.MODEL:
         raise ValueError("config has no MODEL.R2IOS: call r2ios_d2.add_r2ios_config(cfg) first")
@@ -181,8 +208,10 @@ def validate_r2ios_config(cfg: CfgNode) -> None:
             f"SOLVER.STEPS = {tuple(steps)} is invalid; allowed values: iterations below "
             f"SOLVER.MAX_ITER = {max_iter}"
         )
+    if len(problems) == 1:
+        raise ConfigValueError(f"Invalid config: {problems[0]}")
     if problems:
-        raise ValueError("Invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigValueError("Invalid config:\n  " + "\n  ".join(problems))
 
 
 def _all_keys(node: CfgNode, prefix: str = "") -> List[str]:
@@ -196,14 +225,17 @@ def check_opts_keys(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Check that the ``KEY VALUE`` pairs of a command line name existing keys.
 
     yacs reports an unknown key of ``merge_from_list`` with a bare ``AssertionError``; this
-    raises ``KeyError`` naming the key and the closest existing ones.
+    raises :class:`ConfigKeyError` (a ``KeyError``) naming the key and the closest existing
+    ones.
 
     Args:
         cfg: the config the opts will be merged into.
         opts: ``[KEY, VALUE, KEY, VALUE, ...]``.
     """
     if len(opts) % 2:
-        raise ValueError(f"config opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
+        raise ConfigValueError(
+            f"config opts must be KEY VALUE pairs, got an odd number: {list(opts)}"
+        )
     known = None
     for key in opts[0::2]:
         try:
@@ -214,7 +246,7 @@ def check_opts_keys(cfg: CfgNode, opts: Sequence[str]) -> None:
         known = known or _all_keys(cfg)
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise KeyError(f"Unknown config key {key!r} on the command line{hint}")
+        raise ConfigKeyError(f"Unknown config key {key!r} on the command line{hint}")
 
 
 def check_output_dir(path: str) -> None:
@@ -284,7 +316,7 @@ def check_lazy_overrides(cfg: Any, overrides: Sequence[str]) -> None:
         overrides: ``["a.b=1", ...]`` as on the command line.
 
     Raises:
-        KeyError: naming the key and the closest existing ones.
+        ConfigKeyError: naming the key and the closest existing ones.
     """
     from omegaconf import OmegaConf
 
@@ -301,4 +333,72 @@ def check_lazy_overrides(cfg: Any, overrides: Sequence[str]) -> None:
         siblings = list(parent.keys()) if OmegaConf.is_dict(parent) else []
         close = difflib.get_close_matches(name, [str(s) for s in siblings], n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(f'{parent_key}.{c}'.lstrip('.') for c in close)}?"
-        raise KeyError(f"Unknown config key {key!r} in the overrides{hint if close else ''}")
+        raise ConfigKeyError(f"Unknown config key {key!r} in the overrides{hint if close else ''}")
+
+
+def load_r2ios_config(config_file: str, opts: Sequence[str] = ()) -> Tuple[CfgNode, List[str]]:
+    """detectron2's defaults + r2ios_d2's keys + ``config_file`` + the command line's
+    ``opts`` (checked), with the schedule fitted to a shortened ``SOLVER.MAX_ITER``
+    (:func:`r2ios_d2.engine.schedule.fit_yacs_schedule`), validated; not frozen.
+
+    Returns:
+        the config, and the notes to log once logging is set up (the schedule scaled).
+
+    Raises:
+        ConfigError: the file is missing or has an unknown key, an opt names an unknown key or
+            has a value of the wrong type, or a value is invalid; the message names it.
+    """
+    from detectron2.config import get_cfg
+
+    from .config import add_r2ios_config
+    from .engine.schedule import fit_yacs_schedule
+
+    cfg = get_cfg()
+    add_r2ios_config(cfg)
+    if not os.path.isfile(config_file):
+        raise ConfigValueError(f"--config-file {config_file} does not exist")
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as e:  # yacs: "Non-existent config key: ..."
+        raise ConfigKeyError(f"{config_file}: {e.args[0] if e.args else e}") from e
+    except OSError as e:  # e.g. a _BASE_ file that does not exist
+        raise ConfigValueError(f"{config_file}: {e}") from e
+    file_solver = cfg.SOLVER.clone()
+    check_opts_keys(cfg, opts)
+    try:
+        cfg.merge_from_list(list(opts))
+    except (ValueError, AssertionError) as e:  # yacs: a value of the wrong type
+        raise ConfigValueError(f"config opts: {e}") from e
+    notes = [n for n in [fit_yacs_schedule(cfg, file_solver, opts)] if n]
+    validate_r2ios_config(cfg)
+    return cfg, notes
+
+
+def load_r2ios_lazy_config(
+    config_file: str, overrides: Sequence[str] = (), cfg: Any = None
+) -> Tuple[Any, List[str]]:
+    """A LazyConfig file (or ``cfg``, already loaded) with the ``key=value`` ``overrides``
+    applied (checked), the schedule fitted to a shortened ``train.max_iter``
+    (:func:`r2ios_d2.engine.schedule.fit_lazy_schedule`).
+
+    Returns:
+        the config, and the notes to log once logging is set up (the schedule scaled).
+
+    Raises:
+        ConfigError: the file is missing, an override names an unknown key, or the
+            schedule's milestones reach ``train.max_iter``.
+    """
+    from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
+
+    from .engine.schedule import fit_lazy_schedule
+
+    if cfg is None:
+        if not os.path.isfile(config_file):
+            raise ConfigValueError(f"--config-file {config_file} does not exist")
+        cfg = LazyConfig.load(config_file)
+    file_max_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
+    check_lazy_overrides(cfg, overrides)
+    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    note = fit_lazy_schedule(cfg, file_max_iter, overrides) if file_max_iter else None
+    return cfg, [note] if note else []

@@ -4,7 +4,9 @@ Shared by ``tools/visualize.py`` and ``tools/demo.py``. Final results are drawn 
 detectron2's `Visualizer`; the per-iteration trace is a matplotlib grid (rows = detections,
 columns = iterations), which shows for iteration t the box it started from (l_{t-1}, dashed),
 the mask v_t predicted inside that box, the refined box l_t (solid) and the class score, with
-the reversible gate's choice t' framed in red.
+the reversible gate's choice t' framed in red. A model tested without the gate
+(``MODEL.R2IOS.TEST_GATE: False``, the stage-1 configs) outputs its last iteration: that panel
+is labelled "(last, no gate)" and not framed.
 """
 
 from __future__ import annotations
@@ -123,9 +125,11 @@ def _draw_trace_cell(
     window: tuple,
     classes: list,
     mask_threshold: float,
+    gate: bool = True,
 ) -> None:
     """Panel (detection ``i``, iteration ``t``): mask v_t over the crop ``window``, boxes
-    ``frames[t]`` -> ``frames[t + 1]``, class and score as title, red frame if gated."""
+    ``frames[t]`` -> ``frames[t + 1]``, class and score as title; the output iteration is
+    labelled, and framed in red if the gate chose it (``gate``)."""
     x0, y0, x1, y1 = window
     crop = _masked_crop(
         image_rgb, inst.trace_masks[i, t], frames[t : t + 1], window, mask_threshold
@@ -134,12 +138,12 @@ def _draw_trace_cell(
     _draw_box_pair(ax, frames[t], frames[t + 1])
     c = int(inst.trace_classes[i, t])
     name = classes[c] if c < len(classes) else "bg"
-    chosen = int(inst.gate_iteration[i]) == t
+    output = int(inst.gate_iteration[i]) == t
+    chosen = output and gate
+    label = (" (gate)" if gate else " (last, no gate)") if output else ""
     score = float(inst.trace_scores[i, t])
     ax.set_title(
-        f"t={t + 1}{' (gate)' if chosen else ''}\n{name} {score:.2f}",
-        fontsize=8,
-        color="red" if chosen else "black",
+        f"t={t + 1}{label}\n{name} {score:.2f}", fontsize=8, color="red" if chosen else "black"
     )
     if chosen:
         _frame_in_red(ax)
@@ -153,6 +157,7 @@ def draw_trace(
     init_boxes: torch.Tensor,
     max_instances: int = 4,
     mask_threshold: float = 0.5,
+    gate: bool = True,
 ):
     """A grid of the T iterations of the top-scoring detections.
 
@@ -165,6 +170,9 @@ def draw_trace(
         init_boxes: (N, 4) the proposals l_0 in the frame of ``image_rgb``.
         max_instances: rows to draw (highest scores first).
         mask_threshold: probability at which masks are binarised.
+        gate: whether the model chose each output's iteration with the reversible gate
+            (``MODEL.R2IOS.TEST_GATE``): then it is labelled "(gate)" and framed in red; else
+            it is the last iteration, labelled "(last, no gate)", not framed.
 
     Returns:
         a matplotlib Figure (save it with :func:`save_figure_atomic`).
@@ -183,7 +191,7 @@ def draw_trace(
         window = _crop_window(frames.numpy(), h, w)
         for t in range(T):
             _draw_trace_cell(
-                axes[row, t], image_rgb, inst, i, t, frames, window, classes, mask_threshold
+                axes[row, t], image_rgb, inst, i, t, frames, window, classes, mask_threshold, gate
             )
     fig.suptitle(
         "R2-IOS iterations: dashed = input box l(t-1), solid = refined box l(t)", fontsize=9

@@ -18,6 +18,9 @@ Writes ``benchmarks/results/sds_eval_speed.json``.
 
 from __future__ import annotations
 
+import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
 import argparse
 import json
 import logging

@@ -20,6 +20,9 @@ Results (JSON + Markdown) go to ``benchmarks/results/speed_<device>[_quick][_<ta
 
 from __future__ import annotations
 
+import r2ios_d2  # noqa: F401  (first: registers its parts, filters detectron2 v0.6's known warnings)
+
+# isort: split
 import argparse
 import gc
 import logging
@@ -36,7 +39,6 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.events import EventStorage
 from tqdm import tqdm
 
-import r2ios_d2  # noqa: F401  (registers the model parts)
 from r2ios_d2.benchmarking.records import (
     PeakMemory,
     machine_info,

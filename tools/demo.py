@@ -12,10 +12,20 @@ Proposals: selective search on the fly (as ``tools/selective_search.py``), or yo
 ``--proposals-dir DIR`` (``DIR/<file stem>.npz``, the format of ``tools/selective_search.py``),
 or the model's RPN if the config has one. Writes ``<stem>.png`` (detections, detectron2's
 Visualizer), with ``--trace`` ``<stem>_trace.png`` (the T iterations of the top detections)
-and with ``--json`` ``results.json`` (COCO results: ``image_id`` = position of the image in
-the input list (folders and globs sorted), ``file_name``, ``category_id``, ``bbox`` XYWH,
-``score``, ``segmentation`` RLE). Unreadable images are reported and skipped; the exit status
-is 0 if at least one image succeeded, 1 if all failed, 2 if no image matched ``--input``.
+and with ``--json`` ``results.json`` (COCO results: ``image_id``, ``file_name``,
+``category_id``, ``bbox`` XYWH, ``score``, ``segmentation`` RLE).
+
+Class names and category ids, the first found of: ``--class-names``; the first
+``--register-coco NAME JSON IMAGE_ROOT`` dataset; ``dataset_metadata.json`` beside
+``MODEL.WEIGHTS`` (the trainers write it into their output folder); the registered
+``DATASETS.TEST[0]``; else ``class_0 .. class_{K-1}``. In ``results.json``, ``category_id`` is
+the dataset's own id (e.g. a COCO json's) where the metadata maps it, and ``image_id`` is the
+image's id in a ``--register-coco`` dataset when the image is one of its files, else the file
+stem (an int when it is all digits, as COCO's ``000000000139.jpg``).
+
+Unreadable images are reported and skipped; the exit status is 0 if at least one image
+succeeded, 1 if all failed, 2 if no image matched ``--input`` or for a usage error (a
+misspelt config key, one line on stderr).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -62,23 +72,88 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     return unique
 
 
-def demo_metadata(cfg: Any) -> Any:
-    """Metadata of ``DATASETS.TEST[0]`` if it is registered with the right number of classes,
-    else generic names ``class_0 .. class_{K-1}``."""
+def _generic_metadata(num_classes: int) -> Any:
+    from detectron2.data.catalog import Metadata
+
+    return Metadata(name="r2ios_demo", thing_classes=[f"class_{i}" for i in range(num_classes)])
+
+
+def _metadata_candidates(
+    cfg: Any, class_names: Optional[Sequence[str]], registered: Sequence[str]
+) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """(source, metadata dict) of every place class names may come from, in priority order."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from r2ios_d2.engine.run_metadata import METADATA_FILE, load_dataset_metadata
+
+    if class_names:
+        yield "--class-names", {"thing_classes": list(class_names)}
+    for name in registered:
+        yield name, MetadataCatalog.get(name).as_dict()
+    saved = os.path.join(os.path.dirname(cfg.MODEL.WEIGHTS), METADATA_FILE)
+    if cfg.MODEL.WEIGHTS and os.path.isfile(saved):
+        yield saved, load_dataset_metadata(saved)
+    test = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+    if test in DatasetCatalog.list():
+        yield test, MetadataCatalog.get(test).as_dict()
+
+
+def demo_metadata(
+    cfg: Any, class_names: Optional[Sequence[str]] = None, registered: Sequence[str] = ()
+) -> Any:
+    """Class names (and the dataset's category ids, where known) of the model's outputs.
+
+    The first of: ``class_names``; the datasets ``registered`` (loaded: COCO-format datasets
+    get their classes when read); ``dataset_metadata.json`` beside ``MODEL.WEIGHTS``;
+    ``DATASETS.TEST[0]`` if registered; whose number of classes is
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` (others are skipped with a warning). Else generic names
+    ``class_0 .. class_{K-1}``.
+    """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.catalog import Metadata
 
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
-        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if len(meta.get("thing_classes", [])) == num_classes:
-            return meta
-        logger.warning(
-            "%s's thing_classes do not match MODEL.ROI_HEADS.NUM_CLASSES=%d: generic names",
-            cfg.DATASETS.TEST[0],
-            num_classes,
-        )
-    return Metadata(name="r2ios_demo", thing_classes=[f"class_{i}" for i in range(num_classes)])
+    for source, meta in _metadata_candidates(cfg, class_names, registered):
+        classes = list(meta.get("thing_classes") or [])
+        if not classes:
+            continue
+        if len(classes) != num_classes:
+            logger.warning(
+                "%s has %d classes but MODEL.ROI_HEADS.NUM_CLASSES is %d: not used",
+                source,
+                len(classes),
+                num_classes,
+            )
+            continue
+        logger.info("Class names from %s", source)
+        if source in DatasetCatalog.list():  # a dataset's own (with its colours, if any)
+            return MetadataCatalog.get(source)
+        out = Metadata(name="r2ios_demo", thing_classes=classes)
+        id_map = meta.get("thing_dataset_id_to_contiguous_id")
+        if id_map:
+            out.thing_dataset_id_to_contiguous_id = {int(k): int(v) for k, v in id_map.items()}
+        return out
+    return _generic_metadata(num_classes)
+
+
+def registered_image_ids(names: Sequence[str]) -> Dict[str, Any]:
+    """``{absolute image path: image_id}`` of the images of the datasets ``names``."""
+    from detectron2.data import DatasetCatalog
+
+    ids: Dict[str, Any] = {}
+    for name in names:
+        for d in DatasetCatalog.get(name):
+            ids.setdefault(os.path.abspath(d["file_name"]), d["image_id"])
+    return ids
+
+
+def json_image_id(path: str, name: str, known: Dict[str, Any]) -> Any:
+    """The ``image_id`` of ``path`` in ``results.json``: its id in a registered dataset, else
+    ``name`` (the file stem, made unique), as an int when it is all digits."""
+    image_id = known.get(os.path.abspath(path))
+    if image_id is not None:
+        return image_id
+    return int(name) if name.isdigit() else name
 
 
 def _output_names(paths: Sequence[str]) -> List[str]:
@@ -93,7 +168,7 @@ def _output_names(paths: Sequence[str]) -> List[str]:
     return names
 
 
-def _to_coco(instances: Any, image_id: int, file_name: str, metadata: Any) -> List[Dict[str, Any]]:
+def _to_coco(instances: Any, image_id: Any, file_name: str, metadata: Any) -> List[Dict[str, Any]]:
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
     results = instances_to_coco_json(instances, image_id)
@@ -155,6 +230,7 @@ def _process(
             init,
             max_instances=args.max_instances,
             mask_threshold=predictor.cfg.MODEL.R2IOS.MASK_THRESHOLD,
+            gate=predictor.cfg.MODEL.R2IOS.TEST_GATE,
         )
         written.append(os.path.join(args.output, f"{name}_trace.png"))
         save_figure_atomic(fig, written[-1])
@@ -162,6 +238,8 @@ def _process(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from r2ios_d2.data.coco import add_register_coco_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(
@@ -181,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-instances", type=int, default=4, help="rows of the trace picture")
     parser.add_argument(
+        "--class-names",
+        type=lambda text: [n.strip() for n in text.split(",")],
+        metavar="NAME,NAME,...",
+        help="the names of the model's classes 0..K-1, comma-separated (default: see the top "
+        "of this file)",
+    )
+    add_register_coco_argument(parser)  # class names, category ids and image ids from it
+    parser.add_argument(
         "--ss-mode", choices=["fast", "quality"], default="fast", help="selective search mode"
     )
     parser.add_argument(
@@ -197,17 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo_cfg(args: argparse.Namespace) -> Any:
-    """The frozen config: ``--config-file``, the overrides, ``--confidence-threshold``."""
-    from detectron2.config import get_cfg
+    """The frozen config: ``--config-file``, the overrides (checked), ``--confidence-threshold``.
 
-    from r2ios_d2 import add_r2ios_config
-    from r2ios_d2.config_checks import check_opts_keys
+    Raises:
+        ConfigError: a missing file, an unknown key or a bad value.
+    """
+    from r2ios_d2.config_checks import load_r2ios_config
 
-    cfg = get_cfg()
-    add_r2ios_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    check_opts_keys(cfg, args.opts)
-    cfg.merge_from_list(args.opts)
+    cfg, _ = load_r2ios_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     return cfg
@@ -227,14 +310,21 @@ def _print_summary(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; returns the exit status (0: at least one image succeeded)."""
-    args = build_parser().parse_args(argv)
+    """Run the demo; returns the exit status (0: at least one image succeeded).
+
+    Raises:
+        SystemExit: status 2 for a usage error (a misspelt config key, ``--class-names`` of
+            the wrong length), with one line on stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.opts = [*args.opts, *args.flag_opts]
 
     from tqdm import tqdm
 
     from r2ios_d2 import R2IOSPredictor
-    from r2ios_d2.engine import atomic_write_text
+    from r2ios_d2.data.coco import register_coco_from_args
+    from r2ios_d2.engine import atomic_write_text, exit_on_usage_error
 
     paths = expand_inputs(args.input)
     if not paths:
@@ -242,10 +332,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"no images match --input {' '.join(args.input)}")
         return 2
 
-    cfg = _demo_cfg(args)
+    with exit_on_usage_error(parser):
+        cfg = _demo_cfg(args)
     if args.proposals_dir and cfg.MODEL.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":
         raise SystemExit("--proposals-dir needs MODEL.PROPOSAL_GENERATOR.NAME PrecomputedProposals")
-    metadata = demo_metadata(cfg)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if args.class_names and len(args.class_names) != num_classes:
+        parser.error(
+            f"--class-names gives {len(args.class_names)} names but MODEL.ROI_HEADS.NUM_CLASSES "
+            f"is {num_classes}"
+        )
+    registered = register_coco_from_args(args)
+    known_ids = registered_image_ids(registered)  # loads them: COCO classes are set on load
+    metadata = demo_metadata(cfg, args.class_names, registered)
     predictor = R2IOSPredictor(cfg, return_trace=args.trace, ss_mode=args.ss_mode)
 
     os.makedirs(args.output, exist_ok=True)
@@ -253,9 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: List[Dict[str, Any]] = []
     images: List[Dict[str, Any]] = []
     failed: List[Tuple[str, str]] = []
-    for image_id, (path, name) in enumerate(
-        tqdm(list(zip(paths, _output_names(paths))), desc="R2-IOS demo", unit="img")
-    ):
+    for path, name in tqdm(list(zip(paths, _output_names(paths))), desc="R2-IOS demo", unit="img"):
+        image_id = json_image_id(path, name, known_ids)
         try:
             files, inst, (h, w) = _process(predictor, path, name, args, metadata)
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the others

@@ -16,6 +16,9 @@ Examples::
 
 from __future__ import annotations
 
+import r2ios_d2  # noqa: F401  (first: registers its parts, filters detectron2 v0.6's known warnings)
+
+# isort: split
 import argparse
 import logging
 import sys
@@ -23,7 +26,6 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import r2ios_d2  # noqa: F401  (registers the datasets)
 from r2ios_d2.atomic import atomic_write_json
 from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
 from r2ios_d2.evaluation import (

@@ -10,40 +10,56 @@ python tools/lazyconfig_train_net.py --config-file ... --num-gpus 8
 
 The training loop, loaders, checkpointer, hooks and evaluators are those of
 ``tools/train_net.py`` (:mod:`r2ios_d2.engine.trainer`); only the config format differs.
+``train.max_iter=N`` alone shortens a run (the milestones are scaled if they reach N, see
+:mod:`r2ios_d2.engine.schedule`); a misspelt override is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
+import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
 import logging
 import os
 import sys
+from typing import Any, List, Optional, Sequence, Tuple
 
-from detectron2.config import LazyConfig
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from train_net import add_r2ios_arguments, launch_args  # noqa: E402
 
-from r2ios_d2.config_checks import check_lazy_overrides, check_output_dir  # noqa: E402
+from r2ios_d2.config_checks import check_output_dir, load_r2ios_lazy_config  # noqa: E402
 from r2ios_d2.data.coco import register_coco_from_args  # noqa: E402
-from r2ios_d2.engine import lazy_load_for_test, lazy_test, lazy_train  # noqa: E402
+from r2ios_d2.engine import (  # noqa: E402
+    exit_on_usage_error,
+    lazy_load_for_test,
+    lazy_test,
+    lazy_train,
+    r2ios_default_setup,
+)
 
 logger = logging.getLogger("r2ios_d2")
+
+
+def load_cfg(args, cfg=None) -> Tuple[Any, List[str]]:
+    """The config file of ``args`` (or ``cfg``) with the checked ``key=value`` overrides and
+    the schedule fitted to a shortened ``train.max_iter``, and the notes to log."""
+    return load_r2ios_lazy_config(args.config_file, args.opts, cfg)
 
 
 def setup(args, cfg=None):
     """Load the config file (unless ``cfg`` is given), apply the ``key=value`` overrides
     (checked) and set up logging, seeds and the output folder as detectron2's
-    ``default_setup`` does."""
-    if cfg is None:
-        cfg = LazyConfig.load(args.config_file)
-    check_lazy_overrides(cfg, args.opts)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    ``default_setup`` does (with r2ios_d2's logger too)."""
+    cfg, notes = load_cfg(args, cfg)
     if comm.is_main_process():
         check_output_dir(cfg.train.output_dir)
-    default_setup(cfg, args)
+    r2ios_default_setup(cfg, args)
+    for note in notes:
+        logger.warning(note)
     return cfg
 
 
@@ -63,7 +79,15 @@ def build_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = build_parser().parse_args()
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: a config error ends it before any process starts (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     print("Command Line Args:", args)
+    with exit_on_usage_error(parser):
+        load_cfg(args)
     launch_args(main, args)
+
+
+if __name__ == "__main__":
+    cli()

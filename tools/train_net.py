@@ -8,36 +8,53 @@ python tools/train_net.py --config-file configs/... --num-gpus 8      # GPUs (NC
 python tools/train_net.py --config-file configs/... --num-cpu-processes 2 MODEL.DEVICE cpu
 python tools/train_net.py --config-file ... --register-coco my_train train.json images/ \
     DATASETS.TRAIN '("my_train",)'                         # a COCO-format dataset
+python tools/train_net.py --config-file ... SOLVER.MAX_ITER 60   # a short run: STEPS scaled
+
+Everything r2ios_d2 logs goes to the console and OUTPUT_DIR/log.txt; a misspelt config key is
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import logging
+import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
 
-from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+# isort: split
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from r2ios_d2 import add_r2ios_config
-from r2ios_d2.config_checks import check_opts_keys, check_output_dir, validate_r2ios_config
+from r2ios_d2.config_checks import check_output_dir, load_r2ios_config
 from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
-from r2ios_d2.engine import R2IOSCheckpointer, R2IOSTrainer, launch_cpu
+from r2ios_d2.engine import (
+    R2IOSCheckpointer,
+    R2IOSTrainer,
+    exit_on_usage_error,
+    launch_cpu,
+    r2ios_default_setup,
+)
 
 logger = logging.getLogger("r2ios_d2")
 
 
-def setup(args) -> CfgNode:
-    cfg = get_cfg()
-    add_r2ios_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    check_opts_keys(cfg, args.opts)
-    cfg.merge_from_list(args.opts)
-    validate_r2ios_config(cfg)
+def load_cfg(args) -> Tuple[CfgNode, List[str]]:
+    """The config of ``args`` (file + checked opts + the schedule fitted to a shortened
+    SOLVER.MAX_ITER), frozen, and the notes to log."""
+    cfg, notes = load_r2ios_config(args.config_file, args.opts)
     cfg.freeze()
+    return cfg, notes
+
+
+def setup(args) -> CfgNode:
+    cfg, notes = load_cfg(args)
     if comm.is_main_process():
         check_output_dir(cfg.OUTPUT_DIR)
-    default_setup(cfg, args)
+    r2ios_default_setup(cfg, args)
+    for note in notes:
+        logger.warning(note)
     return cfg
 
 
@@ -96,7 +113,15 @@ def run(args) -> None:
     launch_args(main, args)
 
 
-if __name__ == "__main__":
-    args = build_parser().parse_args()
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: a config error ends it before any process starts (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     print("Command Line Args:", args)
+    with exit_on_usage_error(parser):
+        load_cfg(args)
     run(args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -7,24 +7,27 @@
 
 For each image it writes ``<image_id>_result.png`` (detections over the image, detectron2's
 Visualizer) and ``<image_id>_trace.png`` (rows = top detections, columns = iterations; dashed
-= input box, solid = refined box, mask in the input box, gate's choice framed in red).
+= input box, solid = refined box, mask in the input box, gate's choice framed in red; with
+``MODEL.R2IOS.TEST_GATE False`` the output is the last iteration, labelled "last, no gate").
 """
 
 from __future__ import annotations
 
+import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
 import argparse
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from tqdm import tqdm
 
-from r2ios_d2 import add_r2ios_config
+from r2ios_d2.config_checks import load_r2ios_config
 from r2ios_d2.data import build_r2ios_test_loader
-from r2ios_d2.engine import R2IOSCheckpointer
+from r2ios_d2.engine import R2IOSCheckpointer, exit_on_usage_error
 from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
 
 
@@ -40,10 +43,8 @@ def main(argv=None) -> list:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
 
-    cfg = get_cfg()
-    add_r2ios_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    with exit_on_usage_error(parser):  # a misspelt key: one line, exit status 2
+        cfg, _ = load_r2ios_config(args.config_file, args.opts)
     cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
@@ -75,6 +76,7 @@ def main(argv=None) -> list:
                 inst.trace_proposals,
                 max_instances=args.max_instances,
                 mask_threshold=cfg.MODEL.R2IOS.MASK_THRESHOLD,
+                gate=cfg.MODEL.R2IOS.TEST_GATE,
             )
             save_figure_atomic(fig, trace)
             written += [result, trace]

@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from .files import check_registered_coco_on_load
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -95,6 +97,7 @@ def register_coco_for_r2ios(
             "file_name in the json are relative to it)."
         )
     register_coco_instances(name, {"proposal_dir": proposal_dir}, json_file, image_root)
+    check_registered_coco_on_load(name, json_file)  # clear errors, images checked, at load
     logger.info(f"Registered COCO-format dataset {name} ({json_file}); proposals: {proposal_dir}")
 
 

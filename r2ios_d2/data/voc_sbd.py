@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..utils import encode_masks, rle_to_json
 from .cache import load_records
+from .files import check_image_files
 
 __all__ = [
     "VOC_CLASSES",
@@ -245,7 +246,7 @@ def load_voc_seg_instances(
     split_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
     ids = _read_split(split_file, VOC_LAYOUT)
     image_files = [os.path.join(root, "JPEGImages", f"{i}.jpg") for i in ids]
-    _check_files_exist(image_files)
+    check_image_files(image_files, f"{root} {split}", ids, split_file)
     files = []
     for i in ids:
         obj = os.path.join(root, "SegmentationObject", f"{i}.png")
@@ -360,10 +361,11 @@ def load_sbd_instances(
         detectron2 dataset dicts, one per image in the split, in the split file's order.
     """
     _check_root(root, ["img", "inst"], SBD_LAYOUT)
-    ids = _read_split(os.path.join(root, split_file), SBD_LAYOUT)
+    split_path = os.path.join(root, split_file)
+    ids = _read_split(split_path, SBD_LAYOUT)
     image_files = [os.path.join(root, "img", f"{i}.jpg") for i in ids]
     mats = [os.path.join(root, "inst", f"{i}.mat") for i in ids]
-    _check_files_exist(image_files)
+    check_image_files(image_files, f"{root} {split_file}", ids, split_path)
     _check_files_exist(mats)
     jobs = [(i, m, str(num_classes)) for i, m in zip(ids, mats)]
     records = load_records(

@@ -1,9 +1,16 @@
 """Training infrastructure: the trainers (yacs and LazyConfig), safe atomic checkpoints,
 per-layer lr, CPU multi-process launch, resumable data stream, reliability hooks, and the
-shims between detectron2 versions (:mod:`.compat`)."""
+shims between detectron2 versions (:mod:`.compat`), the tools' logging and usage errors
+(:mod:`.defaults`), a shortened run's schedule (:mod:`.schedule`) and the training datasets'
+classes saved beside the checkpoints (:mod:`.run_metadata`)."""
 
+# compat first: importing it filters detectron2 v0.6's known-harmless warnings, which the
+# modules below would otherwise raise while they import detectron2.
+from .compat import create_ddp_model, ddp_for_cpu_models, filter_known_warnings
+
+# isort: split
 from .checkpoint import CheckpointError, R2IOSCheckpointer, atomic_torch_save, atomic_write_text
-from .compat import create_ddp_model, ddp_for_cpu_models
+from .defaults import exit_on_usage_error, r2ios_default_setup, setup_r2ios_logger
 from .hooks import FiniteLossCheck, IterationSeed
 from .launch import launch_cpu
 from .optimizer import build_r2ios_optimizer, r2ios_optimizer_params, scaled_schedule_opts
@@ -15,6 +22,7 @@ from .trainer import (
     lazy_test,
     lazy_train,
     r2ios_hooks,
+    record_training_datasets,
 )
 
 __all__ = [
@@ -30,12 +38,17 @@ __all__ = [
     "build_resumable_train_loader",
     "create_ddp_model",
     "ddp_for_cpu_models",
+    "exit_on_usage_error",
+    "filter_known_warnings",
     "lazy_load_for_test",
     "lazy_test",
     "lazy_train",
     "launch_cpu",
+    "r2ios_default_setup",
     "r2ios_hooks",
     "r2ios_optimizer_params",
+    "record_training_datasets",
     "resumable_train_loader",
     "scaled_schedule_opts",
+    "setup_r2ios_logger",
 ]

@@ -8,6 +8,12 @@ branch), and the fixes r2ios_d2 needs in detectron2's behaviour on CPUs.
 * :func:`save_trainer_state` / :func:`load_trainer_state`: v0.6's ``DefaultTrainer`` leaves
   its inner ``SimpleTrainer``'s state (the optimizer's momentum buffers) out of checkpoints, so
   ``--resume`` restarted the momentum; later versions save it under ``"_trainer"``.
+* :func:`filter_known_warnings`: warnings that detectron2 v0.6 (and fvcore) raise with the
+  torch and NumPy versions installed here, each harmless (:data:`KNOWN_WARNINGS`). Importing
+  this module (which importing ``r2ios_d2`` does first) filters them, narrowly: by category,
+  message and the module that raises them, so the same warning from other code still shows.
+  It must run before detectron2's modules are imported, so this module imports only
+  ``detectron2.utils.comm`` at the top.
 """
 
 from __future__ import annotations
@@ -15,22 +21,46 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from typing import Any, Dict, Iterator
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Tuple, Type
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
+
+if TYPE_CHECKING:
+    from detectron2.engine import DefaultTrainer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "KNOWN_WARNINGS",
     "create_ddp_model",
     "ddp_for_cpu_models",
+    "filter_known_warnings",
     "load_trainer_state",
     "save_trainer_state",
     "set_local_process_group",
 ]
+
+# (category, start of the message (a regex), module that raises it (a regex)), each harmless:
+KNOWN_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
+    # fvcore.nn (imported by detectron2.layers) scripts its focal losses at import; torch 2.x
+    # deprecates torch.jit.script in favour of torch.compile. Nothing here runs those losses.
+    (FutureWarning, r"`torch\.jit\.script` is deprecated", r"torch\.jit\._script"),
+    # detectron2 v0.6's mapper wraps the read-only image array in a tensor that it never
+    # writes to (later detectron2 versions copy it first).
+    (UserWarning, r"The given NumPy array is not writable", r"detectron2\.data\.detection_utils"),
+)
+
+
+def filter_known_warnings() -> None:
+    """Ignore the :data:`KNOWN_WARNINGS` (idempotent; called when this module is imported)."""
+    for category, message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+filter_known_warnings()
 
 
 def set_local_process_group(world_size: int) -> None:
@@ -87,6 +117,8 @@ def save_trainer_state(trainer: DefaultTrainer, state: Dict[str, Any]) -> Dict[s
 def load_trainer_state(trainer: DefaultTrainer, state: Dict[str, Any]) -> None:
     """Restore what :func:`save_trainer_state` added, where detectron2 does not do it itself
     (v0.6); call after ``DefaultTrainer.load_state_dict``."""
+    from detectron2.engine import DefaultTrainer
+
     if "load_state_dict" in DefaultTrainer.__dict__:  # after v0.6: detectron2 restored it
         return
     if "_trainer" in state:

@@ -125,9 +125,9 @@ def scaled_schedule_opts(solver: CfgNode, max_iter: int) -> List[str]:
         ``["SOLVER.MAX_ITER", n, "SOLVER.STEPS", "(...)", "SOLVER.WARMUP_ITERS", w]`` as
         strings, for ``merge_from_list`` or a command line.
     """
-    f = max_iter / solver.MAX_ITER
-    steps = tuple(s for s in (max(1, round(s * f)) for s in solver.STEPS) if s < max_iter)
-    warmup = min(round(solver.WARMUP_ITERS * f), max_iter // 2)
+    from .schedule import scaled_solver_schedule
+
+    steps, warmup = scaled_solver_schedule(solver, max_iter)
     return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps)] + [
         "SOLVER.WARMUP_ITERS",
         str(warmup),

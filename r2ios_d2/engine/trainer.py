@@ -4,8 +4,9 @@ Both ways of running share every part that makes an R2-IOS run what it is: the p
 proposal loaders in a stream that ``--resume`` continues exactly (:mod:`.resumable_data`), the
 per-step seeding and the named non-finite-loss check (:func:`r2ios_hooks`), the atomic, safe
 checkpointer with the optimizer state (:class:`R2IOSCheckpointer`), the pre-trained-layer lr
-(:mod:`.optimizer`) and the evaluators (:func:`build_r2ios_evaluator`: AP^r, plus COCO's for
-COCO-format datasets).
+(:mod:`.optimizer`), the evaluators (:func:`build_r2ios_evaluator`: AP^r, plus COCO's for
+COCO-format datasets) and the training datasets' classes saved beside the checkpoints
+(:func:`record_training_datasets`).
 
 * :class:`R2IOSTrainer` is a detectron2 ``DefaultTrainer`` for yacs configs
   (``tools/train_net.py``);
@@ -20,7 +21,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, instantiate
@@ -53,6 +54,7 @@ from .compat import (
 from .hooks import FiniteLossCheck, IterationSeed
 from .optimizer import build_r2ios_optimizer
 from .resumable_data import build_resumable_train_loader
+from .run_metadata import check_num_classes, save_dataset_metadata
 
 logger = logging.getLogger("r2ios_d2")
 
@@ -63,6 +65,7 @@ __all__ = [
     "lazy_test",
     "lazy_train",
     "r2ios_hooks",
+    "record_training_datasets",
 ]
 
 
@@ -125,6 +128,20 @@ def r2ios_hooks(seed: int) -> List[hooks.HookBase]:
     return [IterationSeed(seed), FiniteLossCheck()]
 
 
+def record_training_datasets(
+    output_dir: str, dataset_names: Sequence[str], num_classes: Optional[int]
+) -> None:
+    """Once the training datasets are loaded: warn if the model has more classes than they
+    have categories, and (main process) save their class names and category ids to
+    ``<output_dir>/dataset_metadata.json`` (see :mod:`.run_metadata`), where ``tools/demo.py``
+    finds them beside the weights."""
+    if not dataset_names or num_classes is None:
+        return
+    check_num_classes(dataset_names, int(num_classes))
+    if comm.is_main_process():
+        save_dataset_metadata(output_dir, dataset_names, int(num_classes))
+
+
 # ---------------------------------------------------------------------------------- yacs
 
 
@@ -138,6 +155,10 @@ class R2IOSTrainer(DefaultTrainer):
             super().__init__(cfg)
         self.checkpointer = R2IOSCheckpointer.for_config(
             self.model, cfg, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        # The train loader (built above) has loaded the datasets: their metadata is complete.
+        record_training_datasets(
+            cfg.OUTPUT_DIR, list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
         )
 
     @classmethod
@@ -217,6 +238,16 @@ def lazy_load_for_test(cfg: Any, resume: bool = False) -> torch.nn.Module:
     return model.eval()
 
 
+def _lazy_train_dataset_names(cfg: Any) -> List[str]:
+    """``dataloader.train.dataset.names`` of a LazyConfig (r2ios_d2's layout), else []."""
+    from omegaconf import OmegaConf
+
+    names = OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None)
+    if isinstance(names, str):
+        return [names]
+    return [str(n) for n in names] if names is not None else []
+
+
 def lazy_train(cfg: Any, resume: bool = False) -> None:
     """Train the model of a LazyConfig as :class:`R2IOSTrainer` trains a yacs one.
 
@@ -235,6 +266,11 @@ def lazy_train(cfg: Any, resume: bool = False) -> None:
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     loader = instantiate(cfg.dataloader.train)
+    record_training_datasets(
+        cfg.train.output_dir,
+        _lazy_train_dataset_names(cfg),
+        getattr(getattr(model, "roi_heads", None), "num_classes", None),
+    )
     model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     trainer = SimpleTrainer(model, loader, optimizer)
     checkpointer = _lazy_checkpointer(cfg, model, trainer=trainer)
