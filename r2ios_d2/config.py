@@ -97,6 +97,11 @@ def _add_training_config(_C: CN) -> None:
     # Weight of a pixel-wise cross-entropy on the pooled confidence maps C (the AE's input),
     # against the same dominant-instance targets as v (0 = off, as the paper).
     _C.MODEL.R2IOS.CONF_LOSS_WEIGHT = 1.0
+    # Train as the recursion is tested: background proposals predicted foreground move by the
+    # deltas of the predicted class (until predicted background) and are trained as
+    # background at every iteration, so the classifier sees refined false positives. False =
+    # the paper (background proposals keep their box in training: only GT-class moves).
+    _C.MODEL.R2IOS.TRAIN_MOVE_BACKGROUND = False
     # Every this many training iterations, log the gradient norm that each loss term sends into
     # the segmentation branch (the scored stride-8 map) and into v (0 = off).
     _C.MODEL.R2IOS.GRAD_PROBE_PERIOD = 50

@@ -294,6 +294,65 @@ def test_gate_drops_losses_after_t_prime_and_background_runs_once(gate):
     assert losses["loss_box_reg"] > 0
 
 
+@pytest.mark.parametrize("gate", [False, True])
+def test_train_move_background_refines_predicted_foreground_background_as_at_test(gate):
+    """TRAIN_MOVE_BACKGROUND: a background proposal predicted foreground moves by the deltas
+    of the predicted class until it is predicted background, and its classification loss
+    (target background) counts at every iteration it runs (up to its own gate iteration)."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.GATE = gate
+    cfg.MODEL.R2IOS.TRAIN_MOVE_BACKGROUND = True
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads
+    fg_logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # both fg rows right
+    # Background rows at t = 1: row 3 predicted background (stays, computed once), row 4
+    # predicted class 0 (moves). Row 4 then: class 0 at t = 2, background at t = 3 and 4.
+    bg_logits_t1 = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
+    moving_logits = [bg_logits_t1[1:], [[1.0, 0.0, 0.2]], [[0.0, 0.0, 3.0]], [[0.0, 0.0, 1.0]]]
+    shift = torch.tensor([0.5, 0.0, 0.0, 0.0])  # class-0 delta: move right by half a width
+    record, seen = [], []
+
+    def fake(box_features, scored, boxes, confidence_maps=None):
+        n = sum(len(b) for b in boxes)
+        t = len(record)
+        record.append(n)
+        seen.append(torch.cat([b.tensor for b in boxes]))
+        if t == 0:
+            logits = torch.cat([fg_logits, bg_logits_t1])
+        else:
+            logits = torch.cat([fg_logits, torch.tensor(moving_logits[t])])
+        deltas = torch.zeros(n, 8)
+        deltas[:, :4] = shift
+        v = torch.zeros(n, 2, 8, 8, requires_grad=True)
+        if confidence_maps is not None:
+            confidence_maps.append(torch.zeros_like(v, requires_grad=True))
+        return logits.clone().requires_grad_(True), deltas, v
+
+    heads._predict = fake
+    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    with EventStorage():
+        losses = heads.forward_train(features, [_train_case()])
+    assert record == [4, 3, 3, 3]  # the background row predicted background runs once
+    transform = heads.box_predictor.box2box_transform
+    moved = transform.apply_deltas(shift[None], seen[0][3:4]).clamp(max=64.0)
+    torch.testing.assert_close(seen[1][2:], moved)  # moved by the predicted class 0
+    moved_again = transform.apply_deltas(shift[None], moved).clamp(max=64.0)
+    torch.testing.assert_close(seen[2][2:], moved_again)
+    torch.testing.assert_close(seen[3][2:], seen[2][2:])  # predicted background: stays
+
+    bg = torch.tensor(2)
+    static_ce = F.cross_entropy(bg_logits_t1[:1], bg[None])
+    moving_ce = torch.stack(
+        [F.cross_entropy(torch.tensor(x).view(1, 3), bg[None]) for x in moving_logits]
+    )
+    fg_ce = F.cross_entropy(fg_logits, torch.tensor([0, 1]), reduction="sum")
+    if gate:  # every fg row's best p_gt is at t = 1 (ties -> earliest); background at t = 3
+        expected = fg_ce + static_ce + moving_ce[:3].sum()
+    else:
+        expected = 4 * fg_ce + 4 * static_ce + moving_ce.sum()
+    torch.testing.assert_close(losses["loss_cls"], expected / 4)
+
+
 def test_polygon_and_bitmask_targets_give_the_same_mask_loss():
     cfg = tiny_r2ios_cfg(num_classes=2)
     cfg.MODEL.R2IOS.MASK_SIZE = 16

@@ -110,6 +110,7 @@ def recursion_losses(
     mask_loss_weight: float,
     conf_loss_weight: float,
     mask_loss_normalizer: str,
+    moving_background: Optional[List[torch.Tensor]] = None,
 ) -> Dict[str, torch.Tensor]:
     """The losses of every iteration ``t <= t'``, summed over the iterations; each iteration
     normalised like one Fast R-CNN step (by the number of sampled RoIs; the mask losses by
@@ -124,6 +125,9 @@ def recursion_losses(
         box_predictor: gives the box loss and the loss weights.
         mask_head: gives the per-RoI mask loss and M.
         gate: training with the reversible gate (background rows then count once).
+        moving_background: per iteration, the (B, K+1) logits of the background rows that
+            moved (``TRAIN_MOVE_BACKGROUND``); each counts in the iterations up to its own
+            gate iteration (``argmax_t p_{t,background}``) with the gate, in all without.
         mask_loss_weight, conf_loss_weight: weights of ``loss_mask`` and ``loss_mask_conf``
             (the latter only if ``iters`` carry ``C``).
 
@@ -135,13 +139,15 @@ def recursion_losses(
     totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
     if iters[0][4] is not None:
         totals["loss_mask_conf"] = 0.0
+    moving_ce = _moving_background_ce(moving_background, len(iters), gate, box_predictor)
     for t, it in enumerate(iters):
         counted = t_prime >= t
         # Background rows count in iteration 1, and in every iteration without the gate.
         with_bg = t == 0 or not gate
-        step = _iteration_losses(
-            it, bg_ce if with_bg else None, counted, rows, box_predictor, mask_head, mask_norm
-        )
+        bg_t = bg_ce if with_bg else None
+        if moving_ce is not None:
+            bg_t = moving_ce[t] if bg_t is None else bg_t + moving_ce[t]
+        step = _iteration_losses(it, bg_t, counted, rows, box_predictor, mask_head, mask_norm)
         step["loss_mask"] = step["loss_mask"] * mask_loss_weight
         if "loss_mask_conf" in step:
             step["loss_mask_conf"] = step["loss_mask_conf"] * conf_loss_weight
@@ -152,6 +158,26 @@ def recursion_losses(
         put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
     put_scalar("r2ios/frac_moving", num_fg / num_rois)
     return totals
+
+
+def _moving_background_ce(
+    logits: Optional[List[torch.Tensor]], num_iterations: int, gate: bool, box_predictor
+) -> Optional[List[torch.Tensor]]:
+    """Per iteration, the summed cross-entropy (target: background) of the moving
+    background rows over the iterations they count in (see :func:`recursion_losses`)."""
+    if not logits or len(logits[0]) == 0:
+        return None
+    k = box_predictor.num_classes
+    target = torch.full((len(logits[0]),), k, dtype=torch.long, device=logits[0].device)
+    if gate:
+        with torch.no_grad():
+            t_prime = gate_iterations(logits, target)
+    else:
+        t_prime = torch.full_like(target, num_iterations - 1)
+    return [
+        (F.cross_entropy(x, target, reduction="none") * (t_prime >= t)).sum()
+        for t, x in enumerate(logits)
+    ]
 
 
 def _iteration_losses(

@@ -71,6 +71,7 @@ CONFIG_KEYS = {
     "mask_loss_weight": "MASK_LOSS_WEIGHT",
     "mask_loss_normalizer": "MASK_LOSS_NORMALIZER",
     "conf_loss_weight": "CONF_LOSS_WEIGHT",
+    "train_move_background": "TRAIN_MOVE_BACKGROUND",
     "grad_probe_period": "GRAD_PROBE_PERIOD",
 }
 
@@ -134,6 +135,7 @@ class R2IOSROIHeads(StandardROIHeads):
         mask_loss_weight: float = 1.0,
         mask_loss_normalizer: str = "fg",
         conf_loss_weight: float = 1.0,
+        train_move_background: bool = False,
         grad_probe_period: int = 0,
         **kwargs,
     ):
@@ -262,13 +264,14 @@ class R2IOSROIHeads(StandardROIHeads):
         scored = self.mask_head.score_maps(features)
         rows = TrainingRows(proposals, self.num_classes)
         conf: Optional[List[torch.Tensor]] = [] if self.conf_loss_weight > 0 else None
-        iters, bg_ce, v_first = self._train_iterations(box_features, scored, rows, conf)
+        iters, bg_ce, bg_iters, v_first = self._train_iterations(box_features, scored, rows, conf)
         t_prime = training_gate(iters, rows, self.gate, self.num_iterations)
         totals = recursion_losses(
             iters,
             bg_ce,
             t_prime,
             rows,
+            moving_background=bg_iters,
             box_predictor=self.box_predictor,
             mask_head=self.mask_head,
             gate=self.gate,
@@ -287,36 +290,65 @@ class R2IOSROIHeads(StandardROIHeads):
         scored: List[torch.Tensor],
         rows: TrainingRows,
         conf: Optional[List[torch.Tensor]],
-    ) -> Tuple[list, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[list, torch.Tensor, List[torch.Tensor], torch.Tensor]:
         """Run the T iterations of training.
 
-        Iteration 1 runs every sampled proposal; background ones never move, so their later
-        iterations would repeat it exactly: they are computed once and weighted (DESIGN 2.4).
+        Iteration 1 runs every sampled proposal. Foreground ones move by the deltas of their
+        ground-truth class. Background ones never move in the paper, so their later
+        iterations would repeat iteration 1 exactly: they are computed once and weighted
+        (DESIGN 2.4). With ``train_move_background``, the background proposals that are
+        predicted foreground move as they would at test time (by the deltas of the predicted
+        class, until predicted background) and are trained as background at every iteration.
 
         Returns:
             per iteration, the foreground rows' ``(l_{t-1}, logits, deltas, v, C or None)``;
-            the summed cross-entropy of the background rows; ``v`` of iteration 1 for all rows.
+            the summed cross-entropy of the background rows that stay; per iteration, the
+            (B, K+1) logits of the B moving background rows; ``v`` of iteration 1 for all
+            rows.
         """
         logits, deltas, v = self._predict(
             box_features, scored, split_by_image(rows.boxes, rows.image_idx, rows.num_images), conf
         )
         bg = rows.bg_rows
-        bg_ce = F.cross_entropy(logits[bg], rows.gt_classes[bg], reduction="sum")
+        moving = torch.zeros_like(bg)
+        if self.train_move_background and self.num_iterations > 1:
+            moving = bg & (logits.detach().argmax(dim=1) < self.num_classes)
+        static = bg & ~moving
+        bg_ce = F.cross_entropy(logits[static], rows.gt_classes[static], reduction="sum")
         put_scalar(
             "r2ios/cls_accuracy_t1",
             (logits.argmax(1) == rows.gt_classes).float().mean().item() if len(logits) else 0.0,
         )
-        fg = rows.fg_idx
-        cur = rows.boxes[fg]
-        iters = [(cur, logits[fg], deltas[fg], v[fg], conf[-1][fg] if conf else None)]
-        for _ in range(1, self.num_iterations if len(fg) else 1):
+        fg, mov = rows.fg_idx, torch.nonzero(moving).squeeze(1)
+        num_fg = len(fg)
+        if self.train_move_background:
+            put_scalar("r2ios/moving_background_frac", len(mov) / max(int(bg.sum()), 1))
+        # Foreground rows first, then the moving background rows; _predict needs them in
+        # image order.
+        run = torch.cat([fg, mov])
+        order = torch.sort(rows.image_idx[run], stable=True).indices
+        unsort = torch.empty_like(order)
+        unsort[order] = torch.arange(len(order), device=order.device)
+        move_cls = torch.cat([rows.fg_cls, logits[mov].detach().argmax(dim=1)])
+        cur = rows.boxes[run]
+        out = (logits[run], deltas[run], v[run], conf[-1][run] if conf else None)
+        iters = [(cur[:num_fg], *(x[:num_fg] if x is not None else None for x in out))]
+        bg_iters = [out[0][num_fg:]]
+        for _ in range(1, self.num_iterations if len(run) else 1):
             with torch.no_grad():  # l_t is detached between iterations
-                cur = self._refine(iters[-1][2], cur, rows.fg_cls, rows.hw[fg])
-            out = self._predict(
-                box_features, scored, split_by_image(cur, rows.fg_image, rows.num_images), conf
-            )
-            iters.append((cur, *out, conf[-1] if conf else None))
-        return iters, bg_ce, v
+                # Foreground rows move by their GT class; background rows by the predicted
+                # class while it is foreground (they stay once predicted background).
+                move_cls[num_fg:] = out[0][num_fg:].argmax(dim=1)
+                go = move_cls < self.num_classes
+                new = cur.clone()
+                new[go] = self._refine(out[1][go], cur[go], move_cls[go], rows.hw[run][go])
+                cur = new
+            sorted_boxes = split_by_image(cur[order], rows.image_idx[run][order], rows.num_images)
+            pred = self._predict(box_features, scored, sorted_boxes, conf)
+            out = (*(x[unsort] for x in pred), conf[-1][unsort] if conf else None)
+            iters.append((cur[:num_fg], *(x[:num_fg] if x is not None else None for x in out)))
+            bg_iters.append(out[0][num_fg:])
+        return iters, bg_ce, bg_iters, v
 
     # --------------------------------------------------------------------------- inference
     @torch.no_grad()
