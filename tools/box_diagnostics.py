@@ -28,7 +28,6 @@ Prints a table per measurement and writes the numbers as JSON (``--output``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
