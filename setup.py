@@ -24,5 +24,9 @@ setup(
         "tabulate",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff==0.17.6"]},  # ruff pinned: `make lint` is exact
+    extras_require={
+        "dev": ["pytest>=7", "ruff==0.17.6", "h5py"],  # ruff pinned: `make lint` is exact
+        # The pre-trained VGG-16 of `make weights` (HED's Keras .h5, r2ios_d2.engine.hed_weights).
+        "hed": ["h5py"],
+    },
 )

@@ -1,11 +1,16 @@
 #!/usr/bin/env python
-"""R2-IOS benchmarks: speed and memory against Mask R-CNN-style heads, and the paper's ablations.
+"""R2-IOS benchmarks: speed and memory against Mask R-CNN-style heads, the paper's ablations, and
+R2-IOS on real photographs.
 
-One command for both benchmark tools (``make bench``); each also runs on its own:
+One command for the benchmark tools (``make bench``, ``make bench-real``); each also runs on
+its own:
 
 - ``--speed``: ``tools/benchmark_speed.py``, inference time per image and peak memory of the
   R2-IOS heads for T in {1..4} against detectron2's Mask R-CNN-style heads, and the
   train-step time;
+- ``--real``: ``tools/benchmark_real.py``, R2-IOS (stages 1 and 2), detectron2's stock Mask
+  R-CNN heads and R2-IOS from scratch, trained from a pre-trained VGG-16 on COCO photographs of
+  the 20 PASCAL VOC classes and evaluated on 50 val photos (``make bench-real``, ~1 h);
 - ``--ablation``: ``tools/ablation.py``, the variants of the paper's Table 2 trained and
   evaluated on the synthetic dataset for several seeds.
 
@@ -14,6 +19,8 @@ One command for both benchmark tools (``make bench``); each also runs on its own
     python tools/benchmark.py --ablation --quick            # 1 seed, 5 rows, short schedule
     python tools/benchmark.py --ablation --jobs 3           # all 11 rows, 3 seeds (~1 h)
     python tools/benchmark.py --speed --ablation --quick    # `make bench`
+    python tools/benchmark.py --real                        # `make bench-real`
+    python tools/benchmark.py --real --quick                # smoke run, a few minutes
 
 Results (JSON + Markdown) go to ``benchmarks/results/``; checkpoints and per-run logs of the
 ablation to ``--work-dir`` (reused: a run whose results JSON exists is skipped).
@@ -30,6 +37,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ablation  # noqa: E402
+import benchmark_real  # noqa: E402
 import benchmark_speed  # noqa: E402
 
 from r2ios_d2.benchmarking.records import add_result_arguments  # noqa: E402
@@ -42,22 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--speed", action="store_true", help="inference / train-step time and memory")
     p.add_argument("--ablation", action="store_true", help="Table 2 variants on synthetic data")
+    p.add_argument("--real", action="store_true", help="pre-trained VGG-16 on real photographs")
     quick = f"minutes instead of an hour: speed {benchmark_speed.QUICK_HELP}; "
     add_result_arguments(p, quick + f"ablation with {ablation.QUICK_HELP}")
     benchmark_speed.add_speed_arguments(p)
     ablation.add_ablation_arguments(p)
+    benchmark_real.add_real_arguments(p)  # last: shares the others' --jobs, --device, --scale
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    if not (args.speed or args.ablation):
-        raise SystemExit("nothing to do: give --speed and/or --ablation")
+    if not (args.speed or args.ablation or args.real):
+        raise SystemExit("nothing to do: give --speed, --ablation and/or --real")
     if args.speed:
         benchmark_speed.run(args)
     if args.ablation:
         ablation.run(args)
+    if args.real:
+        try:
+            benchmark_real.run(args)
+        except benchmark_real.StepError as e:  # the failed step's log tail, no traceback
+            raise SystemExit(str(e)) from None
     return 0
 
 

@@ -29,11 +29,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from .coco_subsets import (
+    VOC_CLASSES_FROM_COCO,
+    CategorySpec,
+    category_mapping,
+    format_coco_categories,
+    parse_coco_categories,
+    write_category_subset,
+)
 from .files import check_registered_coco_on_load
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "VOC_CLASSES_FROM_COCO",
     "default_proposal_dir",
     "register_coco_for_r2ios",
     "add_register_coco_argument",
@@ -53,7 +62,11 @@ def default_proposal_dir(name: str, json_file: str) -> str:
 
 
 def register_coco_for_r2ios(
-    name: str, json_file: str, image_root: str, proposal_dir: Optional[str] = None
+    name: str,
+    json_file: str,
+    image_root: str,
+    proposal_dir: Optional[str] = None,
+    categories: Optional[CategorySpec] = None,
 ) -> None:
     """Register a COCO-format instance segmentation dataset for R2-IOS (lazily: the json is read
     at the first ``DatasetCatalog.get(name)``).
@@ -68,20 +81,32 @@ def register_coco_for_r2ios(
         image_root: folder the images' ``file_name`` are relative to.
         proposal_dir: folder of the per-image proposal files ``<image_id>.npz`` (default:
             :func:`default_proposal_dir`, ``<folder of json_file>/proposals/<name>``).
+        categories: only these categories, as ``{new name: name in the json}`` (in class
+            order) or a list of json names, e.g. :data:`VOC_CLASSES_FROM_COCO`; the dataset is
+            then a derived json (:mod:`r2ios_d2.data.coco_subsets`). None: all categories.
 
     Raises:
         FileNotFoundError: ``json_file`` or ``image_root`` does not exist.
-        ValueError: ``name`` is already registered with other files.
+        ValueError: ``name`` is already registered with other files or categories, or a
+            category of ``categories`` is not in the json.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if proposal_dir is None:
         proposal_dir = default_proposal_dir(name, json_file)
     proposal_dir = os.fspath(proposal_dir)
+    mapping = category_mapping(categories) if categories is not None else None
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
-        current = (meta.get("json_file", None), meta.get("image_root", None))
-        if current == (json_file, image_root) and meta.get("proposal_dir", None) == proposal_dir:
-            return
+        source = meta.get("source_json_file", None) or meta.get("json_file", None)
+        current = (source, meta.get("image_root", None))
+        same = meta.get("proposal_dir", None) == proposal_dir
+        if current == (json_file, image_root) and same:
+            if meta.get("coco_categories", None) == mapping:
+                return
+            raise ValueError(
+                f"Dataset {name!r} is already registered with other categories; register the "
+                "subset under another name."
+            )
         raise ValueError(
             f"Dataset {name!r} is already registered (json_file={current[0]!r}, "
             f"image_root={current[1]!r}); register {json_file} under another name."
@@ -96,7 +121,14 @@ def register_coco_for_r2ios(
             f"Dataset {name!r}: the image folder {image_root} does not exist (the images' "
             "file_name in the json are relative to it)."
         )
-    register_coco_instances(name, {"proposal_dir": proposal_dir}, json_file, image_root)
+    extra = {"proposal_dir": proposal_dir, "source_json_file": json_file}
+    if mapping is not None:
+        extra["coco_categories"] = mapping
+        try:
+            json_file = os.fspath(write_category_subset(json_file, mapping))
+        except ValueError as e:
+            raise ValueError(f"Dataset {name!r}: {e}") from e
+    register_coco_instances(name, extra, json_file, image_root)
     check_registered_coco_on_load(name, json_file)  # clear errors, images checked, at load
     logger.info(f"Registered COCO-format dataset {name} ({json_file}); proposals: {proposal_dir}")
 
@@ -112,6 +144,14 @@ def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.Argu
         metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset under NAME (repeatable); its proposals go to "
         "<folder of JSON>/proposals/NAME/",
+    )
+    parser.add_argument(
+        "--coco-categories",
+        default=None,
+        metavar="SUBSET",
+        help="only these categories of every --register-coco dataset, in this class order: "
+        "'voc' (the 20 PASCAL VOC classes under VOC's names) or comma-separated NAME or "
+        "NEW=NAME entries (default: all)",
     )
     return parser
 
@@ -129,9 +169,13 @@ def register_coco_from_args(args: argparse.Namespace) -> List[str]:
         SystemExit: a json file or image folder is missing, or a name is taken.
     """
     names = []
+    try:
+        categories = parse_coco_categories(getattr(args, "coco_categories", None))
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     for name, json_file, image_root in getattr(args, "register_coco", None) or []:
         try:
-            register_coco_for_r2ios(name, json_file, image_root)
+            register_coco_for_r2ios(name, json_file, image_root, categories=categories)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"--register-coco {name} {json_file} {image_root}: {e}") from e
         names.append(name)
@@ -145,14 +189,17 @@ def selective_search_command(dataset_name: str, proposal_dir: Optional[str] = No
     the default folder (the tool needs it to know the dataset) and ``--out`` when
     ``proposal_dir`` is not the dataset's metadata ``proposal_dir``.
     """
-    json_file = image_root = meta_dir = None
+    json_file = image_root = meta_dir = categories = None
     if dataset_name in DatasetCatalog.list():
         meta = MetadataCatalog.get(dataset_name)
-        json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
-        meta_dir = meta.get("proposal_dir", None)
+        json_file = meta.get("source_json_file", None) or meta.get("json_file", None)
+        image_root, meta_dir = meta.get("image_root", None), meta.get("proposal_dir", None)
+        categories = meta.get("coco_categories", None)
     words = ["python", "tools/selective_search.py"]
     if json_file and image_root and meta_dir == default_proposal_dir(dataset_name, json_file):
         words += ["--register-coco", dataset_name, str(json_file), str(image_root)]
+        if categories:
+            words += ["--coco-categories", format_coco_categories(categories)]
     words += ["--dataset", dataset_name]
     if proposal_dir is not None and proposal_dir != meta_dir:
         words += ["--out", proposal_dir]

@@ -1,0 +1,14 @@
+# R2-IOS from a random VGG-16 on real photographs (= configs/real/r2ios_vgg16_real_scratch.yaml):
+# stage 1's recipe, every layer trained, as many iterations as both stages (200 + 100).
+from .real_r2ios_stage1 import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.freeze_at = 0
+optimizer.params.pretrained_lr_factor = 1.0  # nothing is pre-trained
+
+train.init_checkpoint = ""
+train.max_iter = 300
+lr_multiplier.scheduler.milestones = [240]
+lr_multiplier.warmup_length = 20 / 300
+train.output_dir = "output/lazy/real_r2ios_scratch"
+
+__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
