@@ -26,6 +26,7 @@ _heads.mask_head.init_std = 0.01
 _heads.mask_head.pooler_sampling_ratio = 1
 _heads.gate = False
 _heads.test_gate = False
+_heads.train_move_background = True
 
 for _loader, _short in ((dataloader.train, (256,)), (dataloader.test, 256)):
     _loader.mapper.augmentations[0].short_edge_length = _short
