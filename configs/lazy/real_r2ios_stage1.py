@@ -27,6 +27,7 @@ _heads.box_predictor.input_shape = ShapeSpec(channels=_FC_DIM)
 _heads.mask_head.input_shape = {"seg": ShapeSpec(channels=_SEG_FC_DIM, stride=8)}
 _heads.gate = False
 _heads.test_gate = False  # "recursive_4": the outputs of iteration T
+_heads.train_move_background = True  # as the demo's recipe
 # HED's input convention (= detectron2's): BGR, 0-255, minus HED's mean, std 1.
 model.pixel_mean = [104.00699, 116.66877, 122.67892]
 model.pixel_std = [1.0, 1.0, 1.0]
