@@ -13,7 +13,7 @@ INSTALL_INPUTS := setup.py pyproject.toml Makefile tools/install_detectron2.py
 PYTEST_ARGS ?= -q
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install test lint format demo demo-long demo-data bench weights bench-real clean-install
+.PHONY: install test lint format demo demo-long demo-data bench bench-heldout weights bench-real clean-install
 
 install: $(STAMP)
 
@@ -59,6 +59,9 @@ weights: install
 
 bench-real: install
 	$(PYTHON) tools/benchmark.py --real
+
+bench-heldout: install
+	$(PYTHON) tools/benchmark.py --heldout
 
 clean-install:
 	rm -rf .install-stamps

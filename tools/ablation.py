@@ -11,8 +11,13 @@ synthetic config of the same stage. Rows that train the same stage-1 model share
     python tools/ablation.py --quick                        # 1 seed, 5 rows
     python tools/ablation.py --jobs 3                       # all 11 rows, 3 seeds (~1 h)
     python tools/ablation.py --seeds 0 --variants recursive_2 wo_seg_aware
+    python tools/ablation.py --dataset-variant texture4     # on a held-out variant's data
 
-Results (JSON + Markdown) go to ``benchmarks/results/ablation[_quick][_<tag>]``; checkpoints
+``--dataset-variant NAME`` trains and evaluates on a held-out variant of the synthetic data
+(:data:`r2ios_d2.data.synthetic.HELDOUT_VARIANTS`): ``DATASETS.*`` and ``NUM_CLASSES`` change.
+
+Results (JSON + Markdown) go to ``benchmarks/results/ablation[_quick][_<variant>][_<tag>]``;
+checkpoints
 and per-run logs to ``--work-dir`` (reused: a row whose result JSON exists is skipped, a
 model whose ``model_final.pth`` exists is not trained again).
 """
@@ -42,6 +47,7 @@ from r2ios_d2.benchmarking.records import (
     tool_parser,
     write_result,
 )
+from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts
 from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,10 +186,18 @@ class AblationRunner:
         work: the folder of this schedule.
         schedules: the SOLVER overrides of each synthetic config that is trained.
         runner: runs ``train_net.py``.
+        data_opts: overrides of the datasets (and NUM_CLASSES) of every run; none: the demo's.
     """
 
-    def __init__(self, work: Path, schedules: Dict[Path, List[str]], runner: TrainEvalRunner):
+    def __init__(
+        self,
+        work: Path,
+        schedules: Dict[Path, List[str]],
+        runner: TrainEvalRunner,
+        data_opts: Sequence[str] = (),
+    ):
         self.work, self.schedules, self.runner = work, schedules, runner
+        self.data_opts = list(data_opts)
         self.train_seconds: Dict[str, float] = {}
 
     def _train(self, seed: int, row: Row, stage2: bool) -> Path:
@@ -192,7 +206,8 @@ class AblationRunner:
         if weights.is_file():
             return weights
         r = recipe(row.stage2 if stage2 else row.stage1)
-        opts = ["SEED", str(seed), "DATASETS.TEST", "()", *r.train_opts, *self.schedules[r.config]]
+        opts = ["SEED", str(seed), *self.data_opts, "DATASETS.TEST", "()", *r.train_opts]
+        opts += self.schedules[r.config]
         if stage2:
             opts += ["MODEL.WEIGHTS", str(self._train(seed, row, False))]
         log = out.parent / "logs" / f"train_{out.name}.log"
@@ -213,7 +228,8 @@ class AblationRunner:
         r = recipe(row.stage2 or row.stage1)
         out = self.work / f"seed{seed}" / f"eval_{row.name}"
         log = out.parent / "logs" / f"eval_{row.name}.log"
-        job = EvalJob(r.config, weights, out, ["SEED", str(seed), *eval_opts(r)], log)
+        opts = ["SEED", str(seed), *self.data_opts, *eval_opts(r)]
+        job = EvalJob(r.config, weights, out, opts, log)
         eval_s = self.runner.evaluate(job)
         metrics = self.runner.results(out)
         result = {
@@ -279,6 +295,13 @@ def prepare_synthetic_data() -> None:
     prepare_synthetic_benchmark()
 
 
+def prepare_heldout_data(name: str) -> None:
+    """A held-out variant's dataset and proposals, made if missing."""
+    from r2ios_d2.data.synthetic import prepare_heldout_variant
+
+    prepare_heldout_variant(name)
+
+
 def select_rows(args) -> List[Row]:
     """The rows of ``--variants`` (default: all, ``--quick``: ``QUICK_VARIANTS``), in order."""
     names = args.variants or (QUICK_VARIANTS if args.quick else [r.name for r in ROWS])
@@ -317,11 +340,19 @@ def run_ablation(args) -> dict:
     for row in rows:  # baselines: as many iterations as R2-IOS's two stages together
         for config in {recipe(f).config for f in (row.stage1, row.stage2) if f} - set(schedules):
             schedules[config] = ablation_schedule(config, scale, n1 + n2)[0]
-    prepare_synthetic_data()
+    variant = args.dataset_variant
+    if variant:
+        prepare_heldout_data(variant)
+    else:
+        prepare_synthetic_data()
     machine = machine_info("cpu")
-    work = Path(args.work_dir).resolve() / f"ablation_s1-{n1}_s2-{n2}"
-    runner = TrainEvalRunner(repo=REPO, python=sys.executable, threads=args.train_threads)
-    ablation = AblationRunner(work, schedules, runner)
+    work = Path(args.work_dir).resolve() / f"ablation_s1-{n1}_s2-{n2}{_suffix(variant)}"
+    dataset = f"r2ios_heldout_{variant}_val" if variant else "r2ios_synthetic_val"
+    runner = TrainEvalRunner(
+        repo=REPO, python=sys.executable, threads=args.train_threads, dataset=dataset
+    )
+    data_opts = heldout_dataset_opts(variant) if variant else []
+    ablation = AblationRunner(work, schedules, runner, data_opts)
     logger.info("ablation: %d variants x seeds %s, stage 1 %d it, stage 2 %d it -> %s",
                 len(rows), seeds, n1, n2, work)  # fmt: skip
     t0 = time.time()
@@ -330,6 +361,8 @@ def run_ablation(args) -> dict:
         "machine": machine,
         "quick": args.quick,
         "seeds": seeds,
+        "dataset_variant": variant,
+        "test_dataset": dataset,
         "stage1_config": str(STAGE1.relative_to(REPO)),
         "stage2_config": str(STAGE2.relative_to(REPO)),
         "schedule_scale": scale,
@@ -345,10 +378,14 @@ def run_ablation(args) -> dict:
         "runs": per_run,
         "note": (
             "Synthetic dataset (configs/synthetic), tiny VGG (width from the YAML) from scratch, "
-            "AP^r on r2ios_synthetic_val; paper numbers: VOC2012 val, VGG-16 from ImageNet. "
+            f"AP^r on {dataset}; paper numbers: VOC2012 val, VGG-16 from ImageNet. "
             "Only the direction of the differences is comparable."
         ),
     }
+
+
+def _suffix(variant: Optional[str]) -> str:
+    return f"_{variant}" if variant else ""
 
 
 def add_ablation_arguments(p: argparse.ArgumentParser) -> None:
@@ -364,6 +401,11 @@ def add_ablation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stage1-iters", type=int, help="stage-1 MAX_ITER (overrides --schedule)")
     g.add_argument("--stage2-iters", type=int, help="stage-2 MAX_ITER (overrides --schedule)")
     g.add_argument("--work-dir", default="output/benchmark", help="checkpoints, logs, per-run")
+    g.add_argument(
+        "--dataset-variant",
+        choices=list(HELDOUT_VARIANTS),
+        help="train and evaluate on this held-out synthetic variant instead of the demo's data",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,15 +418,18 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     result = run_ablation(args)
     table = ablation_table(result)
+    data = f"held-out variant {result['dataset_variant']}" if result["dataset_variant"] else ""
     md = (
-        f"# Table 2 ablations on the synthetic dataset{' (quick)' if args.quick else ''}\n\n"
+        f"# Table 2 ablations on the synthetic dataset{f' ({data})' if data else ''}"
+        f"{' (quick)' if args.quick else ''}\n\n"
         f"{result_header(result)}\nStage 1 overrides `{' '.join(result['stage1_overrides'])}`, "
         f"stage 2 `{' '.join(result['stage2_overrides'])}`; seeds {result['seeds']}; "
         f"{result['wall_seconds'] / 60:.1f} min. {result['note']}\n\n{table}\n"
     )
-    stem = f"ablation{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"
+    stem = f"ablation{'_quick' if args.quick else ''}{_suffix(result['dataset_variant'])}"
+    stem += args.tag and f"_{args.tag}"
     write_result((REPO / args.results_dir).resolve(), stem, result, md)
-    print(f"\nablation (AP^r on r2ios_synthetic_val; paper: VOC2012 val)\n{table}")
+    print(f"\nablation (AP^r on {result['test_dataset']}; paper: VOC2012 val)\n{table}")
     return result
 
 

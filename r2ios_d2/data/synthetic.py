@@ -7,7 +7,7 @@ back through exactly the real loaders of :mod:`r2ios_d2.data.voc_sbd`::
     <root>/SBD/img/<id>.jpg  inst/<id>.mat  cls/<id>.mat  train.txt  val.txt
     <root>/VOC2012/JPEGImages/<id>.jpg  SegmentationObject/<id>.png  SegmentationClass/<id>.png
     <root>/VOC2012/ImageSets/Segmentation/{train,val}.txt
-    <root>/r2ios_synthetic.json        marker: generation args + difficulty statistics
+    <root>/r2ios_synthetic.json        marker: generation args (+ spec) + difficulty statistics
     <root>/proposals/selective_search/ default proposal folder of all four splits
 
 Registered as ``r2ios_synthetic_train`` / ``r2ios_synthetic_val`` (SBD tree) and
@@ -44,23 +44,46 @@ Difficulty statistics of the default dataset (``--num-train 160 --num-val 60 --s
   IoU 0.7, mean best overlap 0.67, so the initial boxes are poor and refinement matters
 
 (regenerate with ``python -m r2ios_d2.data.synthetic --root DIR --stats``).
+
+Held-out variants. What the images hold is a :class:`SyntheticSpec` (classes with their shape
+families, textures and colours, a shared palette, object density, cluster overlap, object and
+image sizes, occluders; see :mod:`r2ios_d2.data.synthetic_render`); the default spec is the
+dataset above, byte for byte. :data:`HELDOUT_VARIANTS` (:mod:`r2ios_d2.data.synthetic_variants`,
+with their difficulty statistics) are other specs with their own seeds, to check a recipe tuned
+on the demo's val split on other distributions. A variant ``NAME`` is registered as
+``r2ios_heldout_<NAME>_train`` / ``_val`` (SBD tree; ``_voc_train`` / ``_voc_val`` as above)
+with its own class names, at ``$DETECTRON2_DATASETS/r2ios_heldout_<NAME>``; the marker records
+its spec, so a changed spec is written again. Generate one (with its proposals) with::
+
+    python -m r2ios_d2.data.synthetic --variant texture4 --proposals
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from ..utils import box_iou
 from .datasets import datasets_root, register_sbd, register_voc_seg
-from .synthetic_render import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, render_image
+from .synthetic_render import (
+    DEFAULT_SPEC,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_COLORS,
+    ClassSpec,
+    SyntheticSpec,
+    render_image,
+)
+from .synthetic_variants import HELDOUT_VARIANTS, HeldoutVariant
 from .synthetic_writers import make_layout, write_image, write_split_files
 from .voc_sbd import masks_to_annotations
 
@@ -71,13 +94,23 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_COLORS",
+    "DEFAULT_SPEC",
+    "ClassSpec",
+    "SyntheticSpec",
+    "HeldoutVariant",
+    "HELDOUT_VARIANTS",
     "generate_synthetic_dataset",
     "render_image",
     "difficulty_statistics",
     "log_difficulty_statistics",
     "register_synthetic",
+    "register_heldout_variant",
     "prepare_synthetic_benchmark",
+    "prepare_heldout_variant",
     "synthetic_root",
+    "heldout_root",
+    "heldout_variant",
+    "heldout_dataset_opts",
 ]
 
 MARKER = "r2ios_synthetic.json"
@@ -87,6 +120,54 @@ _VERSION = 1
 def synthetic_root() -> str:
     """Default root of the synthetic dataset: ``$DETECTRON2_DATASETS/r2ios_synthetic``."""
     return os.path.join(datasets_root(), "r2ios_synthetic")
+
+
+def heldout_variant(name: str) -> HeldoutVariant:
+    """The held-out variant ``name`` of :data:`HELDOUT_VARIANTS` (``KeyError`` naming the
+    known ones otherwise)."""
+    if name not in HELDOUT_VARIANTS:
+        raise KeyError(f"unknown held-out variant {name!r}; known: {sorted(HELDOUT_VARIANTS)}")
+    return HELDOUT_VARIANTS[name]
+
+
+def heldout_root(name: str) -> str:
+    """Default root of a held-out variant: ``$DETECTRON2_DATASETS/r2ios_heldout_<name>``."""
+    return os.path.join(datasets_root(), f"r2ios_heldout_{name}")
+
+
+def heldout_dataset_opts(name: str, test: bool = True) -> List[str]:
+    """The config overrides that train and evaluate on the held-out variant ``name``:
+    ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (its registered splits; without ``test`` no test
+    set) and ``MODEL.ROI_HEADS.NUM_CLASSES``, as ``KEY value`` strings for a command line."""
+    v = heldout_variant(name)
+    test_sets = f'("r2ios_heldout_{name}_val",)' if test else "()"
+    return [
+        "DATASETS.TRAIN",
+        f'("r2ios_heldout_{name}_train",)',
+        "DATASETS.TEST",
+        test_sets,
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        str(len(v.spec.classes)),
+    ]
+
+
+def _compute_split_proposals(prefix: str, workers: Optional[int]) -> None:
+    """Selective search for the registered ``<prefix>_train`` / ``_val`` splits, into their
+    ``proposal_dir`` (resumable: finished images are skipped)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .selective_search import compute_proposals
+
+    for split in ("train", "val"):
+        name = f"{prefix}_{split}"
+        items = [
+            (str(d["image_id"]), d["file_name"], d["height"], d["width"])
+            for d in DatasetCatalog.get(name)
+        ]
+        stats = compute_proposals(
+            items, MetadataCatalog.get(name).proposal_dir, workers=workers or os.cpu_count() or 1
+        )
+        logger.info("selective search for %s: %s", name, stats)
 
 
 def prepare_synthetic_benchmark(
@@ -100,22 +181,33 @@ def prepare_synthetic_benchmark(
     Returns:
         the dataset root.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from .selective_search import compute_proposals
-
     root = synthetic_root()
     generate_synthetic_dataset(root, num_train=num_train, num_val=num_val, seed=seed)
-    for split in ("train", "val"):
-        name = f"r2ios_synthetic_{split}"
-        items = [
-            (str(d["image_id"]), d["file_name"], d["height"], d["width"])
-            for d in DatasetCatalog.get(name)
-        ]
-        stats = compute_proposals(
-            items, MetadataCatalog.get(name).proposal_dir, workers=workers or os.cpu_count() or 1
-        )
-        logger.info("selective search for %s: %s", name, stats)
+    _compute_split_proposals("r2ios_synthetic", workers)
+    return root
+
+
+def prepare_heldout_variant(
+    name: str, workers: Optional[int] = None, root: Optional[str] = None
+) -> str:
+    """A held-out variant ready to train on: written at ``root`` (default
+    :func:`heldout_root`) if missing, registered as ``r2ios_heldout_<name>_train`` / ``_val``
+    and with selective-search proposals in their ``proposal_dir`` (resumable).
+
+    Args:
+        name: a key of :data:`HELDOUT_VARIANTS`.
+        workers: selective-search processes (default: all cores).
+        root: dataset folder. ``tools/train_net.py`` finds only the default one (its
+            registration happens at import).
+
+    Returns:
+        the dataset root.
+    """
+    v = heldout_variant(name)
+    root = heldout_root(name) if root is None else root
+    generate_synthetic_dataset(root, v.num_train, v.num_val, v.seed, spec=v.spec)
+    register_heldout_variant(name, root)  # at this root, whatever it was at import
+    _compute_split_proposals(f"r2ios_heldout_{name}", workers)
     return root
 
 
@@ -123,19 +215,19 @@ def prepare_synthetic_benchmark(
 
 
 def _split_records(
-    out: str, split: str, num: int, seed: int, sizes: Tuple[int, int, int, int]
+    out: str, split: str, num: int, seed: int, spec: SyntheticSpec
 ) -> List[Dict[str, Any]]:
     """Render and write the ``num`` images of ``split``; their dataset dicts (plus
     ``amodal_areas``), without ``file_name``."""
     split_code = {"train": 0, "val": 1}[split]
-    hmin, hmax, wmin, wmax = sizes
+    (hmin, wmin), (hmax, wmax) = spec.min_size, spec.max_size
     records = []
     for i in range(num):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_code, i]))
         h, w = int(rng.integers(hmin, hmax + 1)), int(rng.integers(wmin, wmax + 1))
-        image, inst_map, classes, amodal = render_image(rng, h, w)
+        image, inst_map, classes, amodal = render_image(rng, h, w, spec)
         image_id = f"{split}_{i:06d}"
-        write_image(out, image_id, image, inst_map, classes)
+        write_image(out, image_id, image, inst_map, classes, len(spec.classes))
         masks = [inst_map == k + 1 for k in range(len(classes))]
         records.append(
             {
@@ -158,39 +250,67 @@ def _read_marker(root: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _spec_record(spec: SyntheticSpec) -> Optional[Dict[str, Any]]:
+    """What the marker records of ``spec``: nothing for the default content (image sizes are
+    in the marker's ``args``), so that the default dataset's marker is as it always was."""
+    sizes = dict(min_size=DEFAULT_SPEC.min_size, max_size=DEFAULT_SPEC.max_size)
+    if dataclasses.replace(spec, **sizes) == DEFAULT_SPEC:
+        return None
+    return spec.to_dict()
+
+
 def generate_synthetic_dataset(
     root: Optional[str] = None,
     num_train: int = 160,
     num_val: int = 60,
     seed: int = 0,
-    min_size: Tuple[int, int] = (144, 160),
-    max_size: Tuple[int, int] = (192, 208),
+    min_size: Optional[Tuple[int, int]] = None,
+    max_size: Optional[Tuple[int, int]] = None,
+    spec: Optional[SyntheticSpec] = None,
 ) -> Dict[str, Any]:
     """Write the synthetic dataset to ``root`` unless an identical one is already there.
 
     The dataset is written to a temporary folder beside ``root`` and renamed into place, with
-    the marker file (the generation args and statistics) written last; a folder with a marker
-    for other args is replaced, a non-empty folder without a marker is an error.
+    the marker file (the generation args, the spec and statistics) written last; a folder with
+    a marker for other args or another spec is replaced, a non-empty folder without a marker is
+    an error.
 
     Args:
         root: output folder (default :func:`synthetic_root`).
         num_train, num_val: number of images of each split.
         seed: random seed; the files are a deterministic function of all args.
-        min_size, max_size: (height, width) range of the images.
+        min_size, max_size: (height, width) range of the images (default: the spec's,
+            144-192 x 160-208 for the default spec).
+        spec: what the images hold (default :data:`DEFAULT_SPEC`, the demo's dataset;
+            :data:`HELDOUT_VARIANTS` holds others).
 
     Returns:
-        the marker's content: ``{"version", "args", "classes", "stats": {split: stats}}``.
+        the marker's content: ``{"version", "args", "classes", "stats": {split: stats}}`` and,
+        for a spec other than the default, ``"spec"`` (:meth:`SyntheticSpec.to_dict`).
     """
     root = synthetic_root() if root is None else root
+    spec = DEFAULT_SPEC if spec is None else spec
+    sizes = {
+        k: tuple(int(x) for x in v)
+        for k, v in (("min_size", min_size), ("max_size", max_size))
+        if v is not None
+    }
+    spec = dataclasses.replace(spec, **sizes)
     args = {
         "num_train": int(num_train),
         "num_val": int(num_val),
         "seed": int(seed),
-        "min_size": [int(v) for v in min_size],
-        "max_size": [int(v) for v in max_size],
+        "min_size": list(spec.min_size),
+        "max_size": list(spec.max_size),
     }
+    spec_record = _spec_record(spec)
     marker = _read_marker(root)
-    if marker is not None and marker.get("args") == args and marker.get("version") == _VERSION:
+    if (
+        marker is not None
+        and marker.get("args") == args
+        and marker.get("version") == _VERSION
+        and marker.get("spec") == spec_record
+    ):
         logger.info(f"Reusing the synthetic dataset at {root}")
         return marker
     if os.path.isdir(root) and os.listdir(root) and marker is None:
@@ -202,7 +322,7 @@ def generate_synthetic_dataset(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
     try:
-        content = _write_dataset(tmp, root, args)
+        content = _write_dataset(tmp, root, args, spec)
         _swap_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,24 +332,41 @@ def generate_synthetic_dataset(
     return content
 
 
-def _write_dataset(tmp: str, root: str, args: Dict[str, Any]) -> Dict[str, Any]:
+@contextlib.contextmanager
+def _opencv_single_threaded() -> Iterator[None]:
+    """OpenCV without its thread pool inside the block, as it was set after.
+
+    A process forked after OpenCV's pool has run (the selective-search workers that follow
+    the writing) can deadlock in its first OpenCV call; a pool never started cannot. The
+    images do not depend on the number of threads.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _write_dataset(
+    tmp: str, root: str, args: Dict[str, Any], spec: SyntheticSpec
+) -> Dict[str, Any]:
     """Write both splits and, last, the marker into the empty folder ``tmp`` (``root`` is only
     named in the log); the marker's content."""
     make_layout(tmp)
-    sizes = (args["min_size"][0], args["max_size"][0], args["min_size"][1], args["max_size"][1])
     stats = {}
     for split, num in (("train", args["num_train"]), ("val", args["num_val"])):
         logger.info(f"Writing {num} synthetic {split} images to {root}")
-        records = _split_records(tmp, split, num, args["seed"], sizes)
+        with _opencv_single_threaded():
+            records = _split_records(tmp, split, num, args["seed"], spec)
         stats[split] = difficulty_statistics(
             records, amodal_areas={r["image_id"]: r["amodal_areas"] for r in records}
         )
-    content = {
-        "version": _VERSION,
-        "args": args,
-        "classes": list(SYNTHETIC_CLASSES),
-        "stats": stats,
-    }
+    content = {"version": _VERSION, "args": args}
+    spec_record = _spec_record(spec)
+    if spec_record is not None:  # the default dataset's marker stays as it always was
+        content["spec"] = spec_record
+    content.update(classes=list(spec.class_names), stats=stats)
     with open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(content, f, indent=2)
     return content
@@ -347,60 +484,152 @@ def log_difficulty_statistics(stats: Dict[str, float], name: str = "dataset") ->
 # --------------------------------------------------------------------------- register
 
 
-def register_synthetic(root: Optional[str] = None, prefix: str = "r2ios_synthetic") -> None:
+def _unregister(name: str) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.keys():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.keys():
+        MetadataCatalog.remove(name)
+
+
+def register_synthetic(
+    root: Optional[str] = None,
+    prefix: str = "r2ios_synthetic",
+    spec: Optional[SyntheticSpec] = None,
+    generate_command: Optional[str] = None,
+) -> None:
     """Register the four synthetic splits at ``root`` (lazy; default :func:`synthetic_root`).
 
     Names: ``<prefix>_train`` / ``<prefix>_val`` (SBD tree) and ``<prefix>_voc_train`` /
     ``<prefix>_voc_val`` (VOC tree). All four share ``<root>/proposals/selective_search``
-    as their default proposal folder, since the two trees hold the same images.
+    as their default proposal folder, since the two trees hold the same images. A name
+    registered before is replaced.
 
     Args:
         root: folder written by :func:`generate_synthetic_dataset`.
         prefix: dataset name prefix.
+        spec: the spec the dataset was written with (default :data:`DEFAULT_SPEC`): its class
+            names and colours are the metadata's ``thing_classes`` / ``thing_colors``; loading
+            checks that the marker names the same classes.
+        generate_command: the command that writes the dataset, shown when it is missing.
     """
     root = synthetic_root() if root is None else root
+    spec = DEFAULT_SPEC if spec is None else spec
+    command = generate_command or f"python -m r2ios_d2.data.synthetic --root {root}"
+    classes = list(spec.class_names)
 
     def check() -> None:
-        if _read_marker(root) is None:
+        marker = _read_marker(root)
+        if marker is None:
             raise FileNotFoundError(
                 f"The synthetic dataset is not at {root} (no {MARKER}). Generate it with:\n"
-                f"  python -m r2ios_d2.data.synthetic --root {root}"
+                f"  {command}"
+            )
+        if marker.get("classes") != classes:
+            raise ValueError(
+                f"The synthetic dataset at {root} has the classes {marker.get('classes')}, "
+                f"registered as {prefix}_* with {classes}. Regenerate it with:\n  {command}"
             )
 
     common = dict(
-        thing_classes=SYNTHETIC_CLASSES,
-        thing_colors=SYNTHETIC_COLORS,
+        thing_classes=classes,
+        thing_colors=spec.class_colors,
         proposal_dir=os.path.join(root, "proposals", "selective_search"),
         before_load=check,
     )
     for split in ("train", "val"):
+        for name in (f"{prefix}_{split}", f"{prefix}_voc_{split}"):
+            _unregister(name)
         register_sbd(f"{prefix}_{split}", os.path.join(root, "SBD"), f"{split}.txt", **common)
         register_voc_seg(f"{prefix}_voc_{split}", os.path.join(root, "VOC2012"), split, **common)
 
 
+def register_heldout_variant(name: str, root: Optional[str] = None) -> None:
+    """Register a held-out variant as ``r2ios_heldout_<name>_train`` / ``_val`` (SBD tree; and
+    ``_voc_train`` / ``_voc_val``) with its own class names, lazily.
+
+    Args:
+        name: a key of :data:`HELDOUT_VARIANTS`.
+        root: its folder (default :func:`heldout_root`); proposals are read from
+            ``<root>/proposals/selective_search``.
+    """
+    v = heldout_variant(name)
+    root = heldout_root(name) if root is None else root
+    command = f"python -m r2ios_d2.data.synthetic --variant {name} --root {root}"
+    register_synthetic(root, f"r2ios_heldout_{name}", spec=v.spec, generate_command=command)
+
+
 if __name__ != "__main__":  # under `python -m`, the package import has registered them
     register_synthetic()
+    for _name in HELDOUT_VARIANTS:
+        register_heldout_variant(_name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's options; ``--variant`` sets the defaults of the others to the variant's."""
+    variants = "\n".join(
+        f"  {k}: {v.description} (seed {v.seed})" for k, v in HELDOUT_VARIANTS.items()
+    )
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"held-out variants (--variant):\n{variants}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--variant",
+        choices=sorted(HELDOUT_VARIANTS),
+        help="write a held-out variant instead of the demo's dataset (default root "
+        f"{heldout_root('NAME')})",
+    )
+    parser.add_argument("--root", help=f"output folder (default: {synthetic_root()})")
+    parser.add_argument("--num-train", type=int, help="default: 160, a variant's own")
+    parser.add_argument("--num-val", type=int, help="default: 60, a variant's own")
+    parser.add_argument("--seed", type=int, help="default: 0, a variant's own")
+    for flag, (h, w) in (
+        ("--min-size", DEFAULT_SPEC.min_size),
+        ("--max-size", DEFAULT_SPEC.max_size),
+    ):
+        parser.add_argument(
+            flag, type=int, nargs=2, metavar=("H", "W"), help=f"default: {h} {w}, a variant's own"
+        )
+    parser.add_argument("--stats", action="store_true", help="print the statistics as JSON")
+    parser.add_argument(
+        "--proposals",
+        action="store_true",
+        help="also compute the selective-search proposals of both splits",
+    )
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """CLI: generate the synthetic dataset (or print the statistics of an existing one)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=synthetic_root(), help="output folder")
-    parser.add_argument("--num-train", type=int, default=160)
-    parser.add_argument("--num-val", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-size", type=int, nargs=2, default=(144, 160), metavar=("H", "W"))
-    parser.add_argument("--max-size", type=int, nargs=2, default=(192, 208), metavar=("H", "W"))
-    parser.add_argument("--stats", action="store_true", help="print the statistics as JSON")
-    a = parser.parse_args(argv)
+    """CLI: generate the synthetic dataset or a held-out variant (or print the statistics of
+    an existing one)."""
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    content = generate_synthetic_dataset(
-        a.root, a.num_train, a.num_val, a.seed, tuple(a.min_size), tuple(a.max_size)
-    )
+    if a.variant:
+        v = heldout_variant(a.variant)
+        spec, counts, root = v.spec, (v.num_train, v.num_val, v.seed), heldout_root(a.variant)
+    else:
+        spec, counts, root = DEFAULT_SPEC, (160, 60, 0), synthetic_root()
+    root = a.root or root
+    given = (a.num_train, a.num_val, a.seed)
+    num_train, num_val, seed = (x if x is not None else d for x, d in zip(given, counts))
+    sizes = [tuple(x) if x else None for x in (a.min_size, a.max_size)]
+    content = generate_synthetic_dataset(root, num_train, num_val, seed, *sizes, spec=spec)
+    if a.proposals:
+        if a.variant:
+            register_heldout_variant(a.variant, root)
+        else:
+            register_synthetic(root)
+        _compute_split_proposals(
+            f"r2ios_heldout_{a.variant}" if a.variant else "r2ios_synthetic", None
+        )
     if a.stats:
         print(json.dumps(content["stats"], indent=2))
     else:
-        print(f"synthetic dataset at {a.root}: {a.num_train} train, {a.num_val} val images")
+        name = f"held-out variant {a.variant}" if a.variant else "synthetic dataset"
+        print(f"{name} at {root}: {num_train} train, {num_val} val images")
 
 
 if __name__ == "__main__":

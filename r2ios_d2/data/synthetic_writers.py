@@ -86,7 +86,12 @@ def _savemat(path: str, content: Dict[str, Any]) -> None:
 
 
 def write_image(
-    out: str, image_id: str, image: np.ndarray, inst_map: np.ndarray, classes: List[int]
+    out: str,
+    image_id: str,
+    image: np.ndarray,
+    inst_map: np.ndarray,
+    classes: List[int],
+    num_classes: int = len(SYNTHETIC_CLASSES),
 ) -> None:
     """Write one rendered image in both formats under ``out`` (made by :func:`make_layout`).
 
@@ -96,6 +101,7 @@ def write_image(
         image: uint8 (H, W, 3) RGB image.
         inst_map: uint8 (H, W) instance map; 0 background, k = instance k (1-based).
         classes: class id (0-based) of each instance.
+        num_classes: number of classes of the dataset (``GTcls`` has a boundary per class).
     """
     sbd, voc = os.path.join(out, "SBD"), os.path.join(out, "VOC2012")
     jpg = os.path.join(sbd, "img", f"{image_id}.jpg")
@@ -104,12 +110,17 @@ def write_image(
     cls_map = np.zeros_like(inst_map)
     for k, c in enumerate(classes):
         cls_map[inst_map == k + 1] = c + 1
-    _write_sbd_mats(sbd, image_id, inst_map, cls_map, classes)
+    _write_sbd_mats(sbd, image_id, inst_map, cls_map, classes, num_classes)
     _write_voc_pngs(voc, image_id, inst_map, cls_map)
 
 
 def _write_sbd_mats(
-    sbd: str, image_id: str, inst_map: np.ndarray, cls_map: np.ndarray, classes: List[int]
+    sbd: str,
+    image_id: str,
+    inst_map: np.ndarray,
+    cls_map: np.ndarray,
+    classes: List[int],
+    num_classes: int,
 ) -> None:
     """SBD's ``inst/<id>.mat`` (GTinst) and ``cls/<id>.mat`` (GTcls)."""
     inst_masks = [inst_map == k + 1 for k in range(len(classes))]
@@ -129,9 +140,7 @@ def _write_sbd_mats(
         {
             "GTcls": {
                 "Segmentation": cls_map,
-                "Boundaries": _boundaries(
-                    [cls_map == c + 1 for c in range(len(SYNTHETIC_CLASSES))]
-                ),
+                "Boundaries": _boundaries([cls_map == c + 1 for c in range(num_classes)]),
                 "CategoriesPresent": np.asarray(present, np.uint8).reshape(-1, 1),
             }
         },
