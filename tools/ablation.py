@@ -91,6 +91,8 @@ ROWS = [  # YAMLs under configs/
         "ablations/wo_seg_aware_stage1.yaml", "ablations/wo_seg_aware.yaml"),
     Row("r2ios", 66.7, "T4",
         "synthetic/r2ios_tiny_stage1.yaml", "synthetic/r2ios_tiny_stage2.yaml"),
+    Row("r2ios_paper_background", 66.7, "paper_bg",
+        "ablations/paper_background_stage1.yaml", "ablations/paper_background.yaml"),
     Row("r2ios_paper_literal", 66.7, "literal",
         "ablations/paper_literal_stage1.yaml", "ablations/paper_literal.yaml"),
     Row("mask_rcnn_heads", None, "mask_rcnn", "synthetic/mask_rcnn_heads_tiny.yaml"),

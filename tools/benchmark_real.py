@@ -98,12 +98,14 @@ QUICK_HELP = (
     "results and pictures named *_quick"
 )
 # The paper's text taken literally (configs/ablations/paper_literal*.yaml): raw v in the
-# seg-aware feature with its full gradient, no loss on the confidence maps C.
+# seg-aware feature with its full gradient, no loss on the confidence maps C, background
+# proposals kept in place in training.
 PAPER_LITERAL_OPTS = (
     "MODEL.R2IOS.SEG_AWARE_INPUT", "logits",
     "MODEL.R2IOS.SEG_AWARE_SCALE", "1.0",
     "MODEL.R2IOS.SEG_AWARE_GRAD_SCALE", "1.0",
     "MODEL.R2IOS.CONF_LOSS_WEIGHT", "0.0",
+    "MODEL.R2IOS.TRAIN_MOVE_BACKGROUND", "False",
 )  # fmt: skip
 # Licences (COCO ids) whose photos may be shown changed: CC BY, CC BY-SA, no known
 # restrictions, US government work.

@@ -106,6 +106,7 @@ def test_rows_take_their_overrides_from_the_yaml_files(ablation):
         "MODEL.R2IOS.SEG_AWARE_SCALE": "1.0",
         "MODEL.R2IOS.SEG_AWARE_GRAD_SCALE": "1.0",
         "MODEL.R2IOS.CONF_LOSS_WEIGHT": "0.0",
+        "MODEL.R2IOS.TRAIN_MOVE_BACKGROUND": "False",
     }
     baseline = ablation.recipe("synthetic/mask_rcnn_heads_tiny.yaml")
     assert baseline.train_opts == () and ablation.tested_iterations(baseline) == 1
@@ -164,10 +165,10 @@ def test_ablation_shares_stage1_models_reuses_results_and_aggregates(
     assert prepared  # the ablation makes its data and proposals on a fresh clone
     trainings = [c for c in fake_steps if "--eval-only" not in c]
     outputs = sorted(Path(c[c.index("OUTPUT_DIR") + 1]).name for c in trainings)
-    # per seed: 9 stage-1 models (8 R2-IOS, the Mask R-CNN heads baseline) and 5 stage-2
+    # per seed: 10 stage-1 models (9 R2-IOS, the Mask R-CNN heads baseline) and 6 stage-2
     # models; recursive_4 and R2-IOS share s1_T4, recursive_1 and "recursive only in testing"
     # share s1_T1
-    assert len(trainings) == 2 * 14 and len(set(outputs)) == 14
+    assert len(trainings) == 2 * 16 and len(set(outputs)) == 16
     baseline = [c for c in trainings if "s1_mask_rcnn" in c[c.index("OUTPUT_DIR") + 1]]
     assert len(baseline) == 2
     for c in baseline:  # its own config, as many iterations as both R2-IOS stages (4 + 2)
