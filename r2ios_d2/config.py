@@ -21,6 +21,7 @@ def add_r2ios_config(cfg: CN) -> None:
     _add_training_config(cfg)
     _add_r2ios_test_config(cfg)
     _add_data_and_solver_config(cfg)
+    _add_run_config(cfg)
 
 
 def _add_vgg_config(_C: CN) -> None:
@@ -163,3 +164,18 @@ def _add_data_and_solver_config(_C: CN) -> None:
     _C.SOLVER.PRETRAINED_LR_FACTOR = 1.0
     # Name prefixes of the parameters that PRETRAINED_LR_FACTOR applies to.
     _C.SOLVER.PRETRAINED_PARAM_PREFIXES = ["backbone.", "roi_heads.box_head."]
+
+
+def _add_run_config(_C: CN) -> None:
+    # ------------------------------------------------ long runs: disk use, several processes
+    # Keep only the newest N periodic checkpoints model_<iter>.pth (0 = keep all, as
+    # detectron2); the one last_checkpoint names and model_final.pth are never deleted.
+    _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+    _C.DIST = CN()
+    # Seconds a process waits in a collective operation (gradient all-reduce, barrier, gather)
+    # for the others before it fails (torch's default: 1800): bounds the wait on a process
+    # that stopped responding.
+    _C.DIST.COLLECTIVE_TIMEOUT = 1800
+    # Seconds the other processes of a multi-process run get to stop by themselves once one
+    # has died, before the launcher kills them and names the lost one.
+    _C.DIST.LOST_PROCESS_GRACE = 30

@@ -169,6 +169,9 @@ RANGE_CHECKS = {
     "SOLVER.MAX_ITER": _range_check(0, integer=True),
     "SOLVER.CHECKPOINT_PERIOD": _range_check(1, integer=True),
     "SOLVER.BASE_LR": _range_check(0),
+    "SOLVER.CHECKPOINT_MAX_TO_KEEP": _range_check(0, integer=True),
+    "DIST.COLLECTIVE_TIMEOUT": _range_check(1, integer=True),
+    "DIST.LOST_PROCESS_GRACE": _range_check(0, integer=True),
 }
 
 

@@ -12,6 +12,8 @@ The training loop, loaders, checkpointer, hooks and evaluators are those of
 ``tools/train_net.py`` (:mod:`r2ios_d2.engine.trainer`); only the config format differs.
 ``train.max_iter=N`` alone shortens a run (the milestones are scaled if they reach N, see
 :mod:`r2ios_d2.engine.schedule`); a misspelt override is one line on stderr and exit status 2.
+A preemption signal (SIGTERM, SIGINT, SIGUSR1) stops training as in ``tools/train_net.py``:
+a checkpoint, the command that continues, exit status 75.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from r2ios_d2.engine import (  # noqa: E402
     lazy_train,
     r2ios_default_setup,
 )
+from r2ios_d2.preemption import Preempted, stop_signals  # noqa: E402
 
 logger = logging.getLogger("r2ios_d2")
 
@@ -65,12 +68,17 @@ def setup(args, cfg=None):
 
 def main(args, cfg=None):
     """Train (or with ``--eval-only`` evaluate) the config of ``args`` (or ``cfg``)."""
-    register_coco_from_args(args)  # in every process: registrations are per process
-    cfg = setup(args, cfg)
-    if args.eval_only:
-        return lazy_test(cfg, lazy_load_for_test(cfg, resume=args.resume))
-    lazy_train(cfg, resume=args.resume)
-    return None
+    with stop_signals():
+        try:
+            register_coco_from_args(args)  # in every process: registrations are per process
+            cfg = setup(args, cfg)
+            if args.eval_only:
+                return lazy_test(cfg, lazy_load_for_test(cfg, resume=args.resume))
+            lazy_train(cfg, resume=args.resume)
+            return None
+        except Preempted as e:
+            logger.warning("%s", e)
+            raise
 
 
 def build_parser():
@@ -85,8 +93,14 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     print("Command Line Args:", args)
     with exit_on_usage_error(parser):
-        load_cfg(args)
-    launch_args(main, args)
+        cfg, _ = load_cfg(args)
+    dist = cfg.train.get("dist", None) or {}
+    launch_args(
+        main,
+        args,
+        collective_timeout=dist.get("collective_timeout", 1800),
+        lost_process_grace=dist.get("lost_process_grace", 30),
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,15 @@ scores, image_id/height/width); resumable; parallel. Examples::
 Without ``--out``, a dataset's proposals go to its metadata's ``proposal_dir`` (where the
 loaders look for them by default); for a dataset registered with ``--register-coco NAME JSON
 IMAGE_ROOT`` that is ``<folder of JSON>/proposals/NAME/``.
+
+SIGTERM, SIGINT or SIGUSR1 stop it cleanly: one line, exit status 75, the images done so far
+kept (the same command continues). A full disk is one line naming the file and the free space,
+exit status 1.
 """
 
 import argparse
 import glob
+import logging
 import os
 import sys
 import time
@@ -108,16 +113,40 @@ def _export_pickle(path: str, items: list, out: str) -> None:
     print(f"wrote {path} ({len(ids)} images, {sum(map(len, boxes))} boxes)")
 
 
+def _compute(items: list, out: str, args: argparse.Namespace) -> dict:
+    """compute_proposals, stopped cleanly by a stop signal (exit status 75) or a full disk
+    (exit status 1), with one line each."""
+    from r2ios_d2.atomic import DiskFullError
+    from r2ios_d2.data.selective_search import compute_proposals
+    from r2ios_d2.preemption import EXIT_PREEMPTED, Preempted, signal_name, stop_signals
+
+    try:
+        with stop_signals():
+            return compute_proposals(
+                items, out, args.mode, args.max_boxes, args.workers, overwrite=args.overwrite
+            )
+    except Preempted as e:
+        done = sum(os.path.isfile(os.path.join(out, f"{it[0]}.npz")) for it in items)
+        logging.getLogger("r2ios_d2").warning(
+            "Stopped by %s: %d of %d images have proposals in %s; the same command continues",
+            signal_name(e.signum),
+            done,
+            len(items),
+            out,
+        )
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except DiskFullError as e:
+        raise SystemExit(f"selective_search.py: error: {e}") from None
+
+
 def main(argv=None):
     """Compute (or resume) the proposals; optionally export a pickle and report recall."""
     from r2ios_d2.data.coco import register_coco_from_args
 
     args = build_parser().parse_args(argv)
 
-    import logging
-
     import r2ios_d2  # noqa: F401  (registers the datasets)
-    from r2ios_d2.data.selective_search import compute_proposals, proposal_recall
+    from r2ios_d2.data.selective_search import proposal_recall
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     registered = register_coco_from_args(args)
@@ -126,9 +155,7 @@ def main(argv=None):
     items, dicts, out = _select_items(args)
 
     start = time.perf_counter()
-    summary = compute_proposals(
-        items, out, args.mode, args.max_boxes, args.workers, overwrite=args.overwrite
-    )
+    summary = _compute(items, out, args)
     elapsed = time.perf_counter() - start
     rate = summary["computed"] / elapsed if summary["computed"] else 0.0
     print(

@@ -11,7 +11,9 @@ python tools/train_net.py --config-file ... --register-coco my_train train.json 
 python tools/train_net.py --config-file ... SOLVER.MAX_ITER 60   # a short run: STEPS scaled
 
 Everything r2ios_d2 logs goes to the console and OUTPUT_DIR/log.txt; a misspelt config key is
-one line on stderr and exit status 2.
+one line on stderr and exit status 2. On SIGTERM, SIGINT or SIGUSR1 (a cluster's preemption)
+training finishes its step, writes a checkpoint, logs the command that continues it and exits
+with status 75 (r2ios_d2.preemption.EXIT_PREEMPTED); see docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless 
 
 # isort: split
 import logging
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from r2ios_d2.config_checks import check_output_dir, load_r2ios_config
 from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
 from r2ios_d2.engine import (
+    ProcessLostError,
     R2IOSCheckpointer,
     R2IOSTrainer,
     exit_on_usage_error,
     launch_cpu,
+    launch_gpu,
     r2ios_default_setup,
 )
+from r2ios_d2.preemption import Preempted, stop_signals
 
 logger = logging.getLogger("r2ios_d2")
 
@@ -59,6 +65,15 @@ def setup(args) -> CfgNode:
 
 
 def main(args):
+    with stop_signals():
+        try:
+            return _main(args)
+        except Preempted as e:
+            logger.warning("%s", e)
+            raise
+
+
+def _main(args):
     register_coco_from_args(args)  # in every process: registrations are per process
     cfg = setup(args)
     if args.eval_only:
@@ -92,25 +107,45 @@ def build_parser():
     return add_r2ios_arguments(default_argument_parser())
 
 
-def launch_args(main_func, args) -> None:
-    """Run ``main_func(args)`` in the processes the flags ask for (GPUs or CPU processes)."""
-    if args.num_cpu_processes > 1:
-        if args.num_gpus > 1:
-            raise SystemExit("--num-cpu-processes and --num-gpus cannot both be above 1")
-        launch_cpu(main_func, args.num_cpu_processes, args=(args,), dist_url=args.dist_url)
-        return
-    launch(
-        main_func,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
+def launch_args(
+    main_func, args, collective_timeout: float = 1800, lost_process_grace: float = 30
+) -> None:
+    """Run ``main_func(args)`` in the processes the flags ask for (GPUs or CPU processes),
+    with the ``DIST.*`` limits; a lost process is one line on stderr and exit status 1."""
+    if args.num_cpu_processes > 1 and args.num_gpus > 1:
+        raise SystemExit("--num-cpu-processes and --num-gpus cannot both be above 1")
+    try:
+        if args.num_cpu_processes > 1:
+            launch_cpu(
+                main_func,
+                args.num_cpu_processes,
+                args=(args,),
+                dist_url=args.dist_url,
+                collective_timeout=collective_timeout,
+                lost_process_grace=lost_process_grace,
+            )
+            return
+        launch_gpu(
+            main_func,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            collective_timeout=collective_timeout,
+        )
+    except ProcessLostError as e:
+        raise SystemExit(f"{sys.argv[0]}: error: {e}") from None
+
+
+def run(args, cfg: Optional[CfgNode] = None) -> None:
+    dist = cfg.DIST if cfg is not None else None
+    launch_args(
+        main,
+        args,
+        collective_timeout=dist.COLLECTIVE_TIMEOUT if dist is not None else 1800,
+        lost_process_grace=dist.LOST_PROCESS_GRACE if dist is not None else 30,
     )
-
-
-def run(args) -> None:
-    launch_args(main, args)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
@@ -119,8 +154,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     print("Command Line Args:", args)
     with exit_on_usage_error(parser):
-        load_cfg(args)
-    run(args)
+        cfg, _ = load_cfg(args)
+    run(args, cfg)
 
 
 if __name__ == "__main__":

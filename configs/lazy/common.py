@@ -87,4 +87,6 @@ train = dict(
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False),
     allow_pickle_weights=False,  # MODEL.R2IOS.ALLOW_PICKLE_WEIGHTS
     allow_shape_mismatch=False,  # MODEL.R2IOS.ALLOW_SHAPE_MISMATCH
+    # Several processes: DIST.COLLECTIVE_TIMEOUT and DIST.LOST_PROCESS_GRACE (seconds).
+    dist=dict(collective_timeout=1800, lost_process_grace=30),
 )

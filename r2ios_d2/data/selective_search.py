@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -91,6 +92,15 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def _init_pool_worker() -> None:
+    """A worker leaves Ctrl-C and SIGUSR1 to the main process, which stops the pool (SIGTERM
+    still ends a worker: the pool stops its workers with it)."""
+    _init_worker()
+    for name in ("SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _work(job: Tuple[ImageItem, str, str, int]) -> Tuple[str, int, str]:
     (image_id, file_name, height, width), out_dir, mode, max_boxes = job
     path = os.path.join(out_dir, f"{image_id}.npz")
@@ -116,7 +126,8 @@ def compute_proposals(
     """Selective search over many images; one ``<out_dir>/<image_id>.npz`` each.
 
     Resumable: an image whose file exists and is valid for it is skipped (unless
-    ``overwrite``). Files are written atomically, so an interrupted run leaves no partial file.
+    ``overwrite``). Files are written atomically, so an interrupted run leaves no partial file;
+    a full disk raises :class:`~r2ios_d2.atomic.DiskFullError` naming the file.
 
     Args:
         items: (image_id, file_name, height, width) per image; height/width -1 if unknown.
@@ -148,7 +159,7 @@ def compute_proposals(
     else:
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else None)
-        with ctx.Pool(workers, initializer=_init_worker) as pool:
+        with ctx.Pool(workers, initializer=_init_pool_worker) as pool:
             for _, n, _ in tqdm(pool.imap_unordered(_work, jobs, chunksize=1), **progress):
                 counts.append(n)
     return {

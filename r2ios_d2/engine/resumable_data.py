@@ -35,6 +35,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.utils.data import Dataset, Sampler
 
+from ..preemption import blocked_for_new_processes
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -195,7 +197,11 @@ class _DeferredIterator:
             py_state = random.getstate()
             try:
                 if self._it is None:
-                    self._it = iter(self._loader.build())
+                    # The workers start now: with the stop signals blocked, they leave a
+                    # preemption to the main process (see r2ios_d2.preemption).
+                    with blocked_for_new_processes():
+                        self._it = iter(self._loader.build())
+                        return next(self._it)
                 return next(self._it)
             finally:
                 random.setstate(py_state)

@@ -2,11 +2,14 @@
 
 Both ways of running share every part that makes an R2-IOS run what it is: the precomputed-
 proposal loaders in a stream that ``--resume`` continues exactly (:mod:`.resumable_data`), the
-per-step seeding and the named non-finite-loss check (:func:`r2ios_hooks`), the atomic, safe
-checkpointer with the optimizer state (:class:`R2IOSCheckpointer`), the pre-trained-layer lr
-(:mod:`.optimizer`), the evaluators (:func:`build_r2ios_evaluator`: AP^r, plus COCO's for
-COCO-format datasets) and the training datasets' classes saved beside the checkpoints
-(:func:`record_training_datasets`).
+per-step seeding and the named non-finite-loss check (:func:`r2ios_hooks`), the clean stop on
+a preemption signal (:class:`~.hooks.GracefulStop`, before the evaluation hook; evaluation
+itself stops at once), the atomic, safe checkpointer with the optimizer state that falls back
+to an older checkpoint when the last one is damaged (:class:`R2IOSCheckpointer`), a
+``metrics.json`` that a full disk cannot leave half-written (:mod:`.writers`), the
+pre-trained-layer lr (:mod:`.optimizer`), the evaluators (:func:`build_r2ios_evaluator`: AP^r,
+plus COCO's for COCO-format datasets) and the training datasets' classes saved beside the
+checkpoints (:func:`record_training_datasets`).
 
 * :class:`R2IOSTrainer` is a detectron2 ``DefaultTrainer`` for yacs configs
   (``tools/train_net.py``);
@@ -27,7 +30,6 @@ import torch
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
-from detectron2.engine.defaults import default_writers
 from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluator,
@@ -37,6 +39,7 @@ from detectron2.evaluation import (
 )
 from detectron2.utils import comm
 
+from .. import preemption
 from ..data import (
     PrecomputedProposalMapper,
     build_r2ios_test_loader,
@@ -51,10 +54,11 @@ from .compat import (
     load_trainer_state,
     save_trainer_state,
 )
-from .hooks import FiniteLossCheck, IterationSeed
+from .hooks import FiniteLossCheck, GracefulStop, IterationSeed, insert_before_evaluation
 from .optimizer import build_r2ios_optimizer
 from .resumable_data import build_resumable_train_loader
 from .run_metadata import check_num_classes, save_dataset_metadata
+from .writers import r2ios_default_writers
 
 logger = logging.getLogger("r2ios_d2")
 
@@ -153,9 +157,7 @@ class R2IOSTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         with ddp_for_cpu_models():
             super().__init__(cfg)
-        self.checkpointer = R2IOSCheckpointer.for_config(
-            self.model, cfg, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self._use_r2ios_checkpointer()
         # The train loader (built above) has loaded the datasets: their metadata is complete.
         record_training_datasets(
             cfg.OUTPUT_DIR, list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -168,14 +170,14 @@ class R2IOSTrainer(DefaultTrainer):
                 "%s: --resume will not continue the data stream exactly",
                 cfg.DATALOADER.SAMPLER_TRAIN,
             )
-            return build_r2ios_train_loader(cfg)
+            return preemption.quiet_workers(build_r2ios_train_loader(cfg))
         # Same data as build_r2ios_train_loader, in a stream that --resume continues exactly.
         mapper = PrecomputedProposalMapper(cfg, True)
         return build_resumable_train_loader(cfg, r2ios_train_dataset_dicts(cfg), mapper)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
-        return build_r2ios_test_loader(cfg, dataset_name)
+        return preemption.quiet_workers(build_r2ios_test_loader(cfg, dataset_name))
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -188,8 +190,36 @@ class R2IOSTrainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_r2ios_evaluator(dataset_name, output_folder, cfg.MODEL.R2IOS.MASK_THRESHOLD)
 
+    def _use_r2ios_checkpointer(self) -> None:
+        if not isinstance(self.checkpointer, R2IOSCheckpointer):
+            self.checkpointer = R2IOSCheckpointer.for_config(
+                self.model, self.cfg, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            )
+
     def build_hooks(self) -> List[hooks.HookBase]:
-        return [*r2ios_hooks(self.cfg.SEED), *super().build_hooks()]
+        # DefaultTrainer.__init__ builds the hooks right after its own checkpointer: replace it
+        # first, so that the periodic checkpoints are written by the atomic one too.
+        self._use_r2ios_checkpointer()
+        return insert_before_evaluation(
+            [*r2ios_hooks(self.cfg.SEED), *super().build_hooks()], GracefulStop(self.checkpointer)
+        )
+
+    def build_writers(self) -> List[Any]:
+        return r2ios_default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators: Any = None) -> Any:
+        # A stop signal ends an evaluation at once (nothing to save: its files are atomic).
+        with preemption.immediate():
+            return super().test(cfg, model, evaluators)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As detectron2's, with :meth:`R2IOSCheckpointer.resume_or_load`'s fallback to an
+        older checkpoint when the last one is damaged (and its error when none loads)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from is not None:
+            # The checkpoint holds the iteration that finished: continue with the next one.
+            self.start_iter = self.iter + 1
 
     def state_dict(self) -> Dict[str, Any]:
         return save_trainer_state(self, super().state_dict())
@@ -211,9 +241,12 @@ def lazy_test(cfg: Any, model: torch.nn.Module) -> Dict[str, Any]:
     """
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
+    with preemption.immediate():
+        results = inference_on_dataset(
+            model,
+            preemption.quiet_workers(instantiate(cfg.dataloader.test)),
+            instantiate(cfg.dataloader.evaluator),
+        )
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results or {}
@@ -225,6 +258,7 @@ def _lazy_checkpointer(cfg: Any, model: torch.nn.Module, **checkpointables: Any)
         cfg.train.output_dir,
         allow_pickle=bool(cfg.train.get("allow_pickle_weights", False)),
         allow_shape_mismatch=bool(cfg.train.get("allow_shape_mismatch", False)),
+        max_to_keep=int(cfg.train.get("checkpointer", {}).get("max_to_keep", None) or 0),
         **checkpointables,
     )
 
@@ -253,8 +287,11 @@ def lazy_train(cfg: Any, resume: bool = False) -> None:
 
     ``cfg.train`` keys: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``device``,
     ``seed``, ``log_period``, ``eval_period``, ``checkpointer`` (``period``,
-    ``max_to_keep``), ``ddp`` (DistributedDataParallel kwargs) and optionally
-    ``allow_pickle_weights`` / ``allow_shape_mismatch`` (the ``MODEL.R2IOS`` opt-ins).
+    ``max_to_keep``: as ``SOLVER.CHECKPOINT_MAX_TO_KEEP``, never the checkpoint
+    ``last_checkpoint`` names), ``ddp`` (DistributedDataParallel kwargs) and optionally
+    ``allow_pickle_weights`` / ``allow_shape_mismatch`` (the ``MODEL.R2IOS`` opt-ins) and
+    ``dist`` (``collective_timeout``, ``lost_process_grace``: the ``DIST`` keys, read by
+    the launcher).
 
     Args:
         cfg: a loaded LazyConfig (``configs/lazy/*.py``).
@@ -275,21 +312,27 @@ def lazy_train(cfg: Any, resume: bool = False) -> None:
     trainer = SimpleTrainer(model, loader, optimizer)
     checkpointer = _lazy_checkpointer(cfg, model, trainer=trainer)
     main = comm.is_main_process()
+    # The checkpointer prunes old checkpoints itself (never the tagged one), so max_to_keep
+    # does not go to detectron2's PeriodicCheckpointer.
+    periodic = {k: v for k, v in cfg.train.checkpointer.items() if k != "max_to_keep"}
     trainer.register_hooks(
-        [
-            *r2ios_hooks(int(cfg.train.seed)),
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: lazy_test(cfg, model)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if main
-            else None,
-        ]
+        insert_before_evaluation(
+            [
+                *r2ios_hooks(int(cfg.train.seed)),
+                hooks.IterationTimer(),
+                hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+                hooks.PeriodicCheckpointer(checkpointer, **periodic) if main else None,
+                hooks.EvalHook(cfg.train.eval_period, lambda: lazy_test(cfg, model)),
+                hooks.PeriodicWriter(
+                    r2ios_default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if main
+                else None,
+            ],
+            GracefulStop(checkpointer),
+        )
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    start_iter = trainer.iter + 1 if resume and checkpointer.resumed_from is not None else 0
     trainer.train(start_iter, cfg.train.max_iter)
