@@ -69,10 +69,14 @@ def test_known_warnings_are_filtered_by_message_and_module():
     assert sum(f == "mine.py" for f, _ in shown) == len(KNOWN_WARNINGS)
 
 
-def test_a_tool_starts_without_detectron2_warnings():
+@pytest.mark.parametrize(
+    "command",
+    [[os.path.join(REPO, "tools", "train_net.py")], ["-m", "r2ios_d2.data.synthetic"]],
+)
+def test_a_tool_starts_without_warnings(command):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--help"],
+        [sys.executable, *command, "--help"],
         capture_output=True,
         text=True,
         env=env,

@@ -51,6 +51,9 @@ KNOWN_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
     # detectron2 v0.6's mapper wraps the read-only image array in a tensor that it never
     # writes to (later detectron2 versions copy it first).
     (UserWarning, r"The given NumPy array is not writable", r"detectron2\.data\.detection_utils"),
+    # `python -m r2ios_d2.data.synthetic`: importing the package registers the datasets and so
+    # imports the module before runpy runs it as __main__; its registration is skipped there.
+    (RuntimeWarning, r"'r2ios_d2\.data\.synthetic' found in sys\.modules", r"runpy"),
 )
 
 
