@@ -41,8 +41,14 @@ import torch
 from tabulate import tabulate
 from tqdm import tqdm
 
-from r2ios_d2.atomic import atomic_write_json, atomic_write_text
-from r2ios_d2.benchmarking.records import fmt, machine_info, result_header, tool_parser
+from r2ios_d2.atomic import atomic_write_json
+from r2ios_d2.benchmarking.records import (
+    fmt,
+    machine_info,
+    result_header,
+    tool_parser,
+    write_result,
+)
 from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts
 from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts
 
@@ -448,10 +454,7 @@ def run(args: argparse.Namespace) -> dict:
         + f"\n{tables}\n"
     )
     stem = f"heldout{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"
-    results_dir = (REPO / args.results_dir).resolve()
-    atomic_write_json(result, str(results_dir / f"{stem}.json"), indent=1)
-    atomic_write_text(md, str(results_dir / f"{stem}.md"))
-    logger.info("wrote %s.{json,md}", results_dir / stem)
+    write_result((REPO / args.results_dir).resolve(), stem, result, md)
     print(f"\nheld-out variants (AP^r and box AP on each variant's val split)\n{tables}")
     return result
 

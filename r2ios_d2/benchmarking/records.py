@@ -6,7 +6,6 @@ import argparse
 import ctypes
 import datetime
 import gc
-import json
 import logging
 import os
 import platform
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from ..atomic import atomic_write_json, atomic_write_text
 
 __all__ = [
     "PeakMemory",
@@ -75,10 +76,11 @@ def result_header(result: dict) -> str:
 
 
 def write_result(results_dir: Path, stem: str, result: dict, markdown: str) -> None:
-    """``<results_dir>/<stem>.json`` (the result) and ``<stem>.md`` (its tables)."""
+    """``<results_dir>/<stem>.json`` (the result) and ``<stem>.md`` (its tables), each
+    written atomically."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (results_dir / f"{stem}.md").write_text(markdown)
+    atomic_write_json(result, str(results_dir / f"{stem}.json"), indent=1)
+    atomic_write_text(markdown, str(results_dir / f"{stem}.md"))
     logger.info("wrote %s.{json,md}", results_dir / stem)
 
 
