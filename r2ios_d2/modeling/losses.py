@@ -4,7 +4,7 @@ the reversible gate, and the gradient probes."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.layers import cat
@@ -139,14 +139,14 @@ def recursion_losses(
     totals = {"loss_cls": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0}
     if iters[0][4] is not None:
         totals["loss_mask_conf"] = 0.0
-    moving_ce = _moving_background_ce(moving_background, len(iters), gate, box_predictor)
+    moving = _moving_background_ce(moving_background, len(iters), gate, box_predictor)
     for t, it in enumerate(iters):
         counted = t_prime >= t
         # Background rows count in iteration 1, and in every iteration without the gate.
         with_bg = t == 0 or not gate
         bg_t = bg_ce if with_bg else None
-        if moving_ce is not None:
-            bg_t = moving_ce[t] if bg_t is None else bg_t + moving_ce[t]
+        if moving is not None:
+            bg_t = moving[t][0] if bg_t is None else bg_t + moving[t][0]
         step = _iteration_losses(it, bg_t, counted, rows, box_predictor, mask_head, mask_norm)
         step["loss_mask"] = step["loss_mask"] * mask_loss_weight
         if "loss_mask_conf" in step:
@@ -154,7 +154,8 @@ def recursion_losses(
         for k, value in step.items():
             totals[k] = totals[k] + value
             put_scalar(f"r2ios/{k}_t{t + 1}", value.item())
-        n_bg = rows.bg_rows.sum().item() if with_bg else 0
+        # all background rows (moving ones included) with_bg; else the moving ones counted
+        n_bg = rows.bg_rows.sum().item() if with_bg else (moving[t][1] if moving else 0)
         put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
     put_scalar("r2ios/frac_moving", num_fg / num_rois)
     return totals
@@ -162,9 +163,9 @@ def recursion_losses(
 
 def _moving_background_ce(
     logits: Optional[List[torch.Tensor]], num_iterations: int, gate: bool, box_predictor
-) -> Optional[List[torch.Tensor]]:
+) -> Optional[List[Tuple[torch.Tensor, int]]]:
     """Per iteration, the summed cross-entropy (target: background) of the moving
-    background rows over the iterations they count in (see :func:`recursion_losses`)."""
+    background rows that count in it (see :func:`recursion_losses`), and how many count."""
     if not logits or len(logits[0]) == 0:
         return None
     k = box_predictor.num_classes
@@ -174,9 +175,10 @@ def _moving_background_ce(
             t_prime = gate_iterations(logits, target)
     else:
         t_prime = torch.full_like(target, num_iterations - 1)
+    counted = [t_prime >= t for t in range(len(logits))]
     return [
-        (F.cross_entropy(x, target, reduction="none") * (t_prime >= t)).sum()
-        for t, x in enumerate(logits)
+        ((F.cross_entropy(x, target, reduction="none") * c).sum(), int(c.sum()))
+        for x, c in zip(logits, counted)
     ]
 
 
