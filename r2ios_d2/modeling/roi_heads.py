@@ -329,7 +329,8 @@ class R2IOSROIHeads(StandardROIHeads):
         order = torch.sort(rows.image_idx[run], stable=True).indices
         unsort = torch.empty_like(order)
         unsort[order] = torch.arange(len(order), device=order.device)
-        move_cls = torch.cat([rows.fg_cls, logits[mov].detach().argmax(dim=1)])
+        run_hw, run_images = rows.hw[run], rows.image_idx[run][order]
+        move_cls = torch.cat([rows.fg_cls, torch.empty_like(mov)])  # background part: below
         cur = rows.boxes[run]
         out = (logits[run], deltas[run], v[run], conf[-1][run] if conf else None)
         iters = [(cur[:num_fg], *(x[:num_fg] if x is not None else None for x in out))]
@@ -341,9 +342,9 @@ class R2IOSROIHeads(StandardROIHeads):
                 move_cls[num_fg:] = out[0][num_fg:].argmax(dim=1)
                 go = move_cls < self.num_classes
                 new = cur.clone()
-                new[go] = self._refine(out[1][go], cur[go], move_cls[go], rows.hw[run][go])
+                new[go] = self._refine(out[1][go], cur[go], move_cls[go], run_hw[go])
                 cur = new
-            sorted_boxes = split_by_image(cur[order], rows.image_idx[run][order], rows.num_images)
+            sorted_boxes = split_by_image(cur[order], run_images, rows.num_images)
             pred = self._predict(box_features, scored, sorted_boxes, conf)
             out = (*(x[unsort] for x in pred), conf[-1][unsort] if conf else None)
             iters.append((cur[:num_fg], *(x[:num_fg] if x is not None else None for x in out)))
