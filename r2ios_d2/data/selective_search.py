@@ -115,6 +115,16 @@ def _work(job: Tuple[ImageItem, str, str, int]) -> Tuple[str, int, str]:
     return image_id, len(boxes), path
 
 
+def _remove_temporary_files(folder: str) -> None:
+    """Delete the atomic writer's leftover ``.tmp-*.npz`` files in ``folder``."""
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-") and name.endswith(".npz"):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
 def compute_proposals(
     items: Sequence[ImageItem],
     out_dir: str,
@@ -159,9 +169,15 @@ def compute_proposals(
     else:
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else None)
-        with ctx.Pool(workers, initializer=_init_pool_worker) as pool:
-            for _, n, _ in tqdm(pool.imap_unordered(_work, jobs, chunksize=1), **progress):
-                counts.append(n)
+        try:
+            with ctx.Pool(workers, initializer=_init_pool_worker) as pool:
+                for _, n, _ in tqdm(pool.imap_unordered(_work, jobs, chunksize=1), **progress):
+                    counts.append(n)
+        except BaseException:
+            # Leaving the pool terminated its workers, possibly mid-write: remove the
+            # temporary files they left (never taken for results, but litter).
+            _remove_temporary_files(out_dir)
+            raise
     return {
         "computed": len(jobs),
         "skipped": skipped,
