@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import List, Sequence
+import uuid
+from typing import List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog
 
@@ -32,6 +33,15 @@ def make_dataset(parent: str, prefix: str) -> str:
     ]
     compute_proposals(items, os.path.join(root, "proposals", "selective_search"), max_boxes=40)
     return root
+
+
+def tiny_run_setup(tmp_path_factory, tag: str) -> Tuple[str, str, str]:
+    """A module's tiny training setup: ``(folder, dataset prefix, base config path)`` with
+    the dataset of :func:`make_dataset` under a fresh temporary folder and a unique prefix."""
+    parent = str(tmp_path_factory.mktemp(f"rel_{tag}"))
+    prefix = f"rel{tag}_{uuid.uuid4().hex[:6]}"
+    make_dataset(parent, prefix)
+    return parent, prefix, write_base_config(parent)
 
 
 def load_train_net():

@@ -3,12 +3,15 @@ none loads, never starting afresh), and SOLVER.CHECKPOINT_MAX_TO_KEEP bounds the
 without deleting the checkpoint last_checkpoint names."""
 
 import os
-import uuid
 
 import pytest
 import torch
 from detectron2.engine import HookBase
-from reliability_utils import make_dataset, run_train_net, tiny_opts, write_base_config
+from reliability_utils import (
+    run_train_net,
+    tiny_opts,
+    tiny_run_setup,
+)
 
 from r2ios_d2.engine import CheckpointError, R2IOSTrainer
 
@@ -19,10 +22,7 @@ class SimulatedKill(Exception):
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("rel_ckpt")
-    prefix = f"relc_{uuid.uuid4().hex[:6]}"
-    make_dataset(str(parent), prefix)
-    return str(parent), prefix, write_base_config(str(parent))
+    return tiny_run_setup(tmp_path_factory, "ckpt")
 
 
 def _weights(path):

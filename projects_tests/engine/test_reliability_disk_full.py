@@ -6,11 +6,14 @@ import errno
 import json
 import os
 import re
-import uuid
 
 import pytest
 import torch
-from reliability_utils import make_dataset, run_train_net, tiny_opts, write_base_config
+from reliability_utils import (
+    run_train_net,
+    tiny_opts,
+    tiny_run_setup,
+)
 
 from r2ios_d2.atomic import DiskFullError
 from r2ios_d2.engine import verify_archive
@@ -18,10 +21,7 @@ from r2ios_d2.engine import verify_archive
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("rel_disk")
-    prefix = f"relf_{uuid.uuid4().hex[:6]}"
-    make_dataset(str(parent), prefix)
-    return str(parent), prefix, write_base_config(str(parent))
+    return tiny_run_setup(tmp_path_factory, "disk")
 
 
 def _path_of(fd):

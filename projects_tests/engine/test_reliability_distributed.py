@@ -10,13 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from reliability_utils import TRAIN_NET, make_dataset, run_train_net, tiny_opts, write_base_config
+from reliability_utils import (
+    TRAIN_NET,
+    run_train_net,
+    tiny_opts,
+    tiny_run_setup,
+)
 
 from r2ios_d2 import add_r2ios_config
 from r2ios_d2.preemption import EXIT_PREEMPTED
@@ -24,10 +28,7 @@ from r2ios_d2.preemption import EXIT_PREEMPTED
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("rel_dist")
-    prefix = f"reld_{uuid.uuid4().hex[:6]}"
-    make_dataset(str(parent), prefix)
-    return str(parent), prefix, write_base_config(str(parent))
+    return tiny_run_setup(tmp_path_factory, "dist")
 
 
 def _results(output_dir, dataset):

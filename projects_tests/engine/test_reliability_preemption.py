@@ -8,12 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 import torch
 from detectron2.engine import HookBase
-from reliability_utils import TRAIN_NET, make_dataset, run_train_net, tiny_opts, write_base_config
+from reliability_utils import (
+    TRAIN_NET,
+    make_dataset,
+    run_train_net,
+    tiny_opts,
+    tiny_run_setup,
+)
 
 import r2ios_d2.engine.checkpoint as checkpoint_module
 from r2ios_d2 import preemption
@@ -24,10 +29,7 @@ from r2ios_d2.preemption import EXIT_PREEMPTED, STOP_SIGNALS
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("rel_preempt")
-    prefix = f"relp_{uuid.uuid4().hex[:6]}"
-    make_dataset(str(parent), prefix)
-    return str(parent), prefix, write_base_config(str(parent))
+    return tiny_run_setup(tmp_path_factory, "preempt")
 
 
 @pytest.fixture(autouse=True)
