@@ -32,6 +32,13 @@ def _images(folder, n, size=(320, 240)):
         Image.fromarray(img).save(os.path.join(folder, f"img_{i:03d}.png"))
 
 
+def _finished(out):
+    """The proposal files written in full (a worker's ``.tmp-*.npz`` is still being written)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(f for f in os.listdir(out) if f.endswith(".npz") and not f.startswith(".tmp-"))
+
+
 def test_selective_search_stops_cleanly_on_sigterm_and_continues(tmp_path):
     images, out = str(tmp_path / "images"), str(tmp_path / "proposals")
     n = 16
@@ -42,7 +49,7 @@ def test_selective_search_stops_cleanly_on_sigterm_and_continues(tmp_path):
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     end = time.monotonic() + 120
-    while not (os.path.isdir(out) and any(f.endswith(".npz") for f in os.listdir(out))):
+    while not _finished(out):
         assert proc.poll() is None and time.monotonic() < end, proc.communicate()[1][-2000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -51,7 +58,7 @@ def test_selective_search_stops_cleanly_on_sigterm_and_continues(tmp_path):
     assert "Traceback" not in stderr
     messages = [line for line in stderr.splitlines() if line.startswith("Stopped by")]
     assert len(messages) == 1 and "the same command continues" in messages[0], stderr[-2000:]
-    done = sorted(f for f in os.listdir(out) if f.endswith(".npz"))
+    done = _finished(out)
     assert 0 < len(done) < n and not [f for f in os.listdir(out) if f.startswith(".tmp-")]
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
