@@ -42,6 +42,13 @@ def _add_vgg_config(_C: CN) -> None:
     _C.MODEL.VGG.NORM = ""
     # Dropout probability after the seg branch's fc6/fc7 convs in training (0 = off).
     _C.MODEL.VGG.SEG_FC_DROPOUT = 0.0
+    # Memory (MB) for the outputs of the frozen conv blocks, kept per image so that each
+    # (image, flip) is run through them once per process (0 = off). Needs
+    # MODEL.BACKBONE.FREEZE_AT 3, 4 or 5; for CPU budgets with conv1-conv5 frozen.
+    _C.MODEL.VGG.FROZEN_FEATURE_CACHE_MB = 0
+    # Folder where that cache also keeps the features on disk (under a digest of the frozen
+    # weights), for the next run on the same images and weights ("" = memory only).
+    _C.MODEL.VGG.FROZEN_FEATURE_CACHE_DIR = ""
 
 
 def _add_r2ios_model_config(_C: CN) -> None:

@@ -11,6 +11,10 @@ weights:
 
 Parameter names are fixed (``conv1_1``, ``det_conv4_1``, ``seg_fc6`` ...): the VGG-16 weight
 converter maps the ImageNet layers onto them.
+
+With conv1-conv3 or more frozen, ``MODEL.VGG.FROZEN_FEATURE_CACHE_MB`` keeps what the frozen
+layers compute for each training image (:mod:`.feature_cache`), so that a step runs only the
+layers that learn.
 """
 
 import math
@@ -22,6 +26,8 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torch.nn import functional as F
+
+from .feature_cache import FrozenFeatureCache
 
 __all__ = ["VGG16TwoBranch", "build_r2ios_vgg_backbone"]
 
@@ -59,6 +65,8 @@ class VGG16TwoBranch(Backbone):
         out_features: Sequence[str] = ("det", "seg"),
         freeze_at: int = 0,
         norm: str = "",
+        frozen_feature_cache_mb: int = 0,
+        frozen_feature_cache_dir: str = "",
     ):
         """
         Args:
@@ -75,6 +83,10 @@ class VGG16TwoBranch(Backbone):
                 both branches' conv5_*, 6 also ``seg_fc6`` / ``seg_fc7``).
             norm: ``""`` (VGG-16 as published, no normalisation) or ``"GN"`` (GroupNorm after
                 every conv, gcd(32, channels) groups; for training from scratch).
+            frozen_feature_cache_mb: memory (MB) for the outputs of the frozen blocks per image
+                (:class:`FrozenFeatureCache`; 0 = off). Needs ``freeze_at`` 3, 4 or 5.
+            frozen_feature_cache_dir: folder where the cache also keeps the features on disk,
+                for the next run on the same images and weights ("" = memory only).
         """
         super().__init__()
         for name in out_features:
@@ -97,6 +109,32 @@ class VGG16TwoBranch(Backbone):
         self._out_feature_strides = {"det": 16, "seg": 8}
         self._out_feature_channels = {"det": ch[4], "seg": fc_dim}
         self.freeze(freeze_at)
+        self._freeze_at = freeze_at
+        self.feature_cache = None
+        if frozen_feature_cache_mb < 0:
+            raise ValueError(
+                f"MODEL.VGG.FROZEN_FEATURE_CACHE_MB must be >= 0, got {frozen_feature_cache_mb}"
+            )
+        if frozen_feature_cache_mb > 0:
+            if not 3 <= freeze_at <= 5:
+                raise ValueError(
+                    "MODEL.VGG.FROZEN_FEATURE_CACHE_MB caches the outputs of frozen conv blocks: "
+                    f"it needs MODEL.BACKBONE.FREEZE_AT 3, 4 or 5 (conv1-conv3 at least, the "
+                    f"seg branch's fc6/fc7 learning), got {freeze_at}"
+                )
+            frozen = [
+                p
+                for b in self._blocks[:freeze_at]
+                for n in b
+                for p in getattr(self, n).parameters()
+            ]
+            tag = repr((freeze_at, seg_conv5_dilation, norm))
+            self.feature_cache = FrozenFeatureCache(
+                int(frozen_feature_cache_mb * 2**20),
+                frozen,
+                folder=frozen_feature_cache_dir or None,
+                tag=tag,
+            )
 
     def _add_layers(
         self,
@@ -178,25 +216,65 @@ class VGG16TwoBranch(Backbone):
         # Caffe's VGG pools with ceil rounding; identical to floor on 16-divisible inputs.
         return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
 
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1-conv3 with pool1-pool3: (N, C, H, W) -> (N, 256*width, H/8, W/8)."""
+        for b in range(3):
+            x = self._pool(self._run(self._blocks[b][: _BLOCK_DEPTHS[b]], x))
+        return x
+
+    def _det(self, x: torch.Tensor, start: int, stop: int = 5) -> torch.Tensor:
+        """The det branch's conv blocks ``start + 1 .. stop`` (4: conv4 + pool4, 5: conv5)."""
+        if start < 4 <= stop:
+            x = self._pool(self._run([f"det_conv4_{i}" for i in (1, 2, 3)], x))
+        if start < 5 <= stop:
+            x = self._run([f"det_conv5_{i}" for i in (1, 2, 3)], x)
+        return x
+
+    def _seg(self, x: torch.Tensor, start: int, stop: int = 6) -> torch.Tensor:
+        """The seg branch's blocks ``start + 1 .. stop`` (4: conv4, 5: conv5, 6: fc6 + fc7)."""
+        if start < 4 <= stop:
+            x = self._run([f"seg_conv4_{i}" for i in (1, 2, 3)], x)
+        if start < 5 <= stop:
+            x = self._run([f"seg_conv5_{i}" for i in (1, 2, 3)], x)
+        if start < 6 <= stop:
+            x = self.seg_fc_dropout(F.relu(self.seg_fc6(x), inplace=True))
+            x = self.seg_fc_dropout(F.relu(self.seg_fc7(x), inplace=True))
+        return x
+
+    def _frozen(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Outputs of the frozen blocks (``freeze_at`` 3..5): the trunk's, or each branch's."""
+        x = self._trunk(x)
+        if self._freeze_at == 3:
+            return {"trunk": x}
+        branches = {"det": self._det, "seg": self._seg}
+        return {k: branches[k](x, 3, self._freeze_at) for k in self._out_features}
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
         Args:
-            x: (N, C, H, W) normalised images (H, W divisible by 16 for exact strides).
+            x: (N, C, H, W) normalised images (H, W divisible by 16 for exact strides), zero
+                padded (as detectron2's ``ImageList``) where the frozen-feature cache is on.
 
         Returns:
             dict with the requested keys of ``"det"``: (N, 512*width, H/16, W/16) and
             ``"seg"``: (N, SEG_FC_DIM*width, H/8, W/8).
         """
-        for b in range(3):
-            x = self._pool(self._run(self._blocks[b][: _BLOCK_DEPTHS[b]], x))
+        if self.feature_cache is not None:
+            strides = {k: self._out_feature_strides[k] for k in self._out_features}
+            if self._freeze_at == 3:
+                strides = {"trunk": 8}
+            cached = self.feature_cache.batch(x, self._frozen, self.size_divisibility, strides)
+            start = self._freeze_at
+            det_in = cached.get("det", cached.get("trunk"))
+            seg_in = cached.get("seg", cached.get("trunk"))
+        else:
+            start = 3
+            det_in = seg_in = self._trunk(x)
         out = {}
         if "det" in self._out_features:
-            y = self._pool(self._run([f"det_conv4_{i}" for i in (1, 2, 3)], x))
-            out["det"] = self._run([f"det_conv5_{i}" for i in (1, 2, 3)], y)
+            out["det"] = self._det(det_in, start)
         if "seg" in self._out_features:
-            y = self._run([f"seg_conv{b}_{i}" for b in (4, 5) for i in (1, 2, 3)], x)
-            y = self.seg_fc_dropout(F.relu(self.seg_fc6(y), inplace=True))
-            out["seg"] = self.seg_fc_dropout(F.relu(self.seg_fc7(y), inplace=True))
+            out["seg"] = self._seg(seg_in, start)
         return out
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -228,6 +306,8 @@ class VGG16TwoBranch(Backbone):
             "out_features": cfg.MODEL.VGG.OUT_FEATURES,
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
             "norm": cfg.MODEL.VGG.NORM,
+            "frozen_feature_cache_mb": cfg.MODEL.VGG.FROZEN_FEATURE_CACHE_MB,
+            "frozen_feature_cache_dir": cfg.MODEL.VGG.FROZEN_FEATURE_CACHE_DIR,
         }
 
 
