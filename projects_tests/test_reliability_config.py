@@ -130,3 +130,35 @@ def test_output_dir_check_creates_and_leaves_nothing(tmp_path):
     out = tmp_path / "a" / "b"
     check_output_dir(str(out))
     assert out.is_dir() and os.listdir(out) == []
+
+
+def test_build_model_names_a_bad_head_value_by_its_key():
+    # Without the trainer or the predictor (detectron2's build_model, as in a notebook).
+    from detectron2.modeling import build_model
+
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.GATE_SCORE = "bar"
+    with pytest.raises(ValueError, match="MODEL.R2IOS.GATE_SCORE = 'bar' is invalid") as err:
+        build_model(cfg)
+    assert "'all', 'foreground'" in str(err.value)
+
+
+def test_heads_check_their_own_arguments():
+    from r2ios_d2.modeling.roi_heads import check_r2ios_head_settings
+
+    check_r2ios_head_settings({"num_iterations": 4, "mask_threshold": 0.5, "nms_type": "mask"})
+    with pytest.raises(ValueError, match=r"(?s)num_iterations = 0 .*mask_threshold = 1.0"):
+        check_r2ios_head_settings({"num_iterations": 0, "mask_threshold": 1.0})
+
+
+@pytest.mark.parametrize("builder", ["trainer", "predictor"])
+def test_builders_check_the_whole_config_first(builder):
+    from r2ios_d2 import R2IOSPredictor
+    from r2ios_d2.config_checks import ConfigValueError
+    from r2ios_d2.engine import R2IOSTrainer
+
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.MASK_SIZE = 0  # read by the mask head, checked by the whole-config check
+    build = R2IOSTrainer.build_model if builder == "trainer" else R2IOSPredictor
+    with pytest.raises(ConfigValueError, match="MODEL.R2IOS.MASK_SIZE = 0 is invalid"):
+        build(cfg)

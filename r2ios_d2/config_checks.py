@@ -59,7 +59,7 @@ class ConfigValueError(ConfigError, ValueError):
 def allowed_choices() -> Dict[str, Tuple[str, ...]]:
     """Allowed values of the string-valued keys, read from the modules that take them (which
     check them again): ``{"MODEL.R2IOS.GATE_SCORE": ("all", "foreground"), ...}``."""
-    # Imported here: the modules import this one (validate_r2ios_config).
+    # Imported here, when a config is checked: importing this module stays light.
     from .engine.optimizer import OPTIMIZERS
     from .modeling import backbone_vgg, box_head, roi_heads
 
@@ -372,7 +372,10 @@ def load_r2ios_config(config_file: str, opts: Sequence[str] = ()) -> Tuple[CfgNo
         cfg.merge_from_list(list(opts))
     except (ValueError, AssertionError) as e:  # yacs: a value of the wrong type
         raise ConfigValueError(f"config opts: {e}") from e
-    notes = [n for n in [fit_yacs_schedule(cfg, file_solver, opts)] if n]
+    try:
+        notes = [n for n in [fit_yacs_schedule(cfg, file_solver, opts)] if n]
+    except ValueError as e:  # steps on the command line that reach SOLVER.MAX_ITER
+        raise ConfigValueError(str(e)) from e
     validate_r2ios_config(cfg)
     return cfg, notes
 
@@ -403,5 +406,8 @@ def load_r2ios_lazy_config(
     file_max_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
     check_lazy_overrides(cfg, overrides)
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
-    note = fit_lazy_schedule(cfg, file_max_iter, overrides) if file_max_iter else None
+    try:
+        note = fit_lazy_schedule(cfg, file_max_iter, overrides) if file_max_iter else None
+    except ValueError as e:  # milestones that reach train.max_iter
+        raise ConfigValueError(str(e)) from e
     return cfg, [note] if note else []

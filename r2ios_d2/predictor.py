@@ -33,6 +33,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from .config_checks import validate_r2ios_config
 from .data.mapper import proposal_fields
 from .data.proposals import filter_proposals, validate_proposals
 from .data.selective_search import selective_search
@@ -79,7 +80,11 @@ class R2IOSPredictor:
             ss_mode: selective search strategy, ``"fast"`` or ``"quality"`` (as
                 ``tools/selective_search.py --mode``; default the same).
             ss_max_boxes: selective search boxes kept before filtering (as ``--max-boxes``).
+
+        Raises:
+            ValueError: a value of ``cfg`` cannot work (``ConfigValueError``, naming each).
         """
+        validate_r2ios_config(cfg)  # every bad value named before anything is built
         self.cfg = cfg.clone()
         self.cfg.defrost()
         self.return_trace = bool(return_trace)

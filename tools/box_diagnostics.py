@@ -294,16 +294,14 @@ def format_tables(result: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from detectron2.config import get_cfg
-
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import r2ios_d2  # noqa: F401  (registers the datasets and parts)
-    from r2ios_d2.config import add_r2ios_config
+    from r2ios_d2.config_checks import load_r2ios_config
+    from r2ios_d2.engine import exit_on_usage_error
 
-    cfg = get_cfg()
-    add_r2ios_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    with exit_on_usage_error(parser):  # a misspelt key or a bad value: one line, exit status 2
+        cfg, _ = load_r2ios_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]

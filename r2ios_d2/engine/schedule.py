@@ -56,17 +56,16 @@ def fit_yacs_schedule(cfg: CfgNode, file_solver: CfgNode, opts: Sequence[str]) -
         the warning to log when the schedule was scaled, else None.
 
     Raises:
-        ConfigValueError: ``SOLVER.STEPS`` given in ``opts`` reach ``SOLVER.MAX_ITER``.
+        ValueError: ``SOLVER.STEPS`` given in ``opts`` reach ``SOLVER.MAX_ITER`` (the config
+            loaders report it as a usage error).
     """
-    from ..config_checks import ConfigValueError
-
     solver, keys = cfg.SOLVER, list(opts[0::2])
     max_iter = solver.MAX_ITER
     if not isinstance(max_iter, int) or all(s < max_iter for s in solver.STEPS):
         return None
     steps, warmup = scaled_solver_schedule(file_solver, max_iter)
     if "SOLVER.STEPS" in keys:
-        raise ConfigValueError(
+        raise ValueError(
             f"SOLVER.STEPS {tuple(solver.STEPS)} must be below SOLVER.MAX_ITER {max_iter}: "
             f"e.g. SOLVER.STEPS '{steps}' (the config file's schedule scaled to {max_iter} "
             "iterations; leave SOLVER.STEPS out to get it)"
@@ -109,11 +108,9 @@ def fit_lazy_schedule(cfg: Any, file_max_iter: int, overrides: Sequence[str]) ->
         the warning to log when the milestones were scaled, else None.
 
     Raises:
-        ConfigValueError: milestones given on the command line, or in the config file itself,
-            reach ``train.max_iter``.
+        ValueError: milestones given on the command line, or in the config file itself,
+            reach ``train.max_iter`` (the config loaders report it as a usage error).
     """
-    from ..config_checks import ConfigValueError
-
     node, key = _milestones_node(cfg)
     max_iter = cfg.train.get("max_iter") if "train" in cfg else None
     if node is None or not isinstance(max_iter, int):
@@ -125,7 +122,7 @@ def fit_lazy_schedule(cfg: Any, file_max_iter: int, overrides: Sequence[str]) ->
     explicit = _set_on_command_line(overrides, f"{key}.milestones")
     if explicit or not _set_on_command_line(overrides, "train.max_iter"):
         where = "on the command line" if explicit else "in the config file"
-        raise ConfigValueError(
+        raise ValueError(
             f"{key}.milestones {milestones} ({where}) must be below train.max_iter {max_iter}: "
             f"e.g. {key}.milestones={scaled}"
         )

@@ -40,6 +40,7 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from .. import preemption
+from ..config_checks import validate_r2ios_config
 from ..data import (
     PrecomputedProposalMapper,
     build_r2ios_test_loader,
@@ -162,6 +163,14 @@ class R2IOSTrainer(DefaultTrainer):
         record_training_datasets(
             cfg.OUTPUT_DIR, list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
         )
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """The model of ``cfg``, after every r2ios_d2 value of the config is checked
+        (:func:`~r2ios_d2.config_checks.validate_r2ios_config`): the first thing the trainer
+        builds, and what ``--eval-only`` builds."""
+        validate_r2ios_config(cfg)
+        return super().build_model(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:

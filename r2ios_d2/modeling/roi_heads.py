@@ -12,7 +12,8 @@ paper's ``g = 0``).
 """
 
 import logging
-from typing import Dict, List, Optional, Tuple
+import math
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -23,7 +24,6 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
-from ..config_checks import validate_r2ios_config
 from .box_head import SegAwareFastRCNNOutputLayers, build_r2ios_box_head
 from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses, training_gate
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
@@ -76,21 +76,53 @@ CONFIG_KEYS = {
 }
 
 
-def _check_settings(settings: Dict[str, object]) -> None:
-    """Raise ``ValueError`` naming the first invalid :data:`CONFIG_KEYS` argument."""
-    choices = {
-        "gate_score": GATE_SCORES,
-        "output_mode": OUTPUT_MODES,
-        "nms_type": NMS_TYPES,
-        "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
-    }
-    for key, allowed in choices.items():
-        if settings[key] not in allowed:
-            raise ValueError(f"{key} must be one of {allowed}, got {settings[key]!r}")
-    if settings["num_iterations"] < 1 or settings["test_num_iterations"] < 1:
-        raise ValueError("The number of iterations must be at least 1")
-    if settings["conf_loss_weight"] < 0 or settings["grad_probe_period"] < 0:
-        raise ValueError("conf_loss_weight and grad_probe_period must be >= 0")
+_CHOICES = {
+    "gate_score": GATE_SCORES,
+    "output_mode": OUTPUT_MODES,
+    "nms_type": NMS_TYPES,
+    "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
+}
+
+
+def _invalid_number(arg: str, value: object) -> Optional[str]:
+    """The allowed values of a numeric :data:`CONFIG_KEYS` argument, as text, when ``value``
+    is not one of them; else None."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if arg in ("num_iterations", "test_num_iterations"):
+        ok = number and isinstance(value, int) and value >= 1
+        return None if ok else "an integer >= 1"
+    if arg == "grad_probe_period":
+        return None if number and isinstance(value, int) and value >= 0 else "an integer >= 0"
+    if arg in ("mask_loss_weight", "conf_loss_weight"):
+        return None if number and math.isfinite(value) and value >= 0 else "a number >= 0"
+    if arg == "mask_threshold":
+        return None if number and 0 < value < 1 else "a number > 0 and < 1"
+    return None
+
+
+def check_r2ios_head_settings(
+    settings: Dict[str, object], name: Callable[[str], str] = lambda arg: arg
+) -> None:
+    """Check the :data:`CONFIG_KEYS` arguments of :class:`R2IOSROIHeads`.
+
+    Args:
+        settings: argument name -> value, e.g. ``{"gate_score": "all", ...}``.
+        name: how an argument is named in the error (``from_config`` names the config key,
+            ``MODEL.R2IOS.GATE_SCORE``).
+
+    Raises:
+        ValueError: naming every invalid argument, its value and the allowed values.
+    """
+    problems = []
+    for arg, value in settings.items():
+        if arg in _CHOICES:
+            bad = None if value in _CHOICES[arg] else ", ".join(map(repr, _CHOICES[arg]))
+        else:
+            bad = _invalid_number(arg, value)
+        if bad is not None:
+            problems.append(f"{name(arg)} = {value!r} is invalid; allowed values: {bad}")
+    if problems:
+        raise ValueError("R2IOSROIHeads: " + "; ".join(problems))
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -162,7 +194,7 @@ class R2IOSROIHeads(StandardROIHeads):
             **kwargs,
         )
         settings = {arg: value for arg, value in locals().items() if arg in CONFIG_KEYS}
-        _check_settings(settings)
+        check_r2ios_head_settings(settings)
         for arg, value in settings.items():  # self.num_iterations, self.gate, ...
             setattr(self, arg, value)
 
@@ -171,10 +203,12 @@ class R2IOSROIHeads(StandardROIHeads):
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("R2IOSROIHeads has no keypoint head; set MODEL.KEYPOINT_ON=False")
-        # Also for models built without train_net (build_model, the predictor, notebooks).
-        validate_r2ios_config(cfg)
+        settings = {arg: cfg.MODEL.R2IOS[key] for arg, key in CONFIG_KEYS.items()}
+        # Named by their config keys, before anything is built (e.g. by build_model in a
+        # notebook; the trainer and the predictor check the whole config first).
+        check_r2ios_head_settings(settings, lambda arg: f"MODEL.R2IOS.{CONFIG_KEYS[arg]}")
         ret = super().from_config(cfg, input_shape)
-        ret.update({arg: cfg.MODEL.R2IOS[key] for arg, key in CONFIG_KEYS.items()})
+        ret.update(settings)
         return ret
 
     @classmethod
