@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -35,20 +36,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch
-import yaml
-from tabulate import tabulate
-from tqdm import tqdm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.benchmarking.records import (
-    fmt,
-    machine_info,
-    result_header,
-    tool_parser,
-    write_result,
+from benchmark_options import (  # noqa: E402
+    ABLATION_QUICK_HELP,
+    ABLATION_QUICK_VARIANTS,
+    add_ablation_arguments,
 )
-from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts
-from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts
+from cli_options import parse_before_imports, tool_parser  # noqa: E402
+
+QUICK_VARIANTS, QUICK_HELP = ABLATION_QUICK_VARIANTS, ABLATION_QUICK_HELP
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
+    return tool_parser(__doc__, QUICK_HELP, add_ablation_arguments)
+
+
+parse_before_imports(__name__, build_parser)
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from r2ios_d2.benchmarking.records import fmt, machine_info, result_header, write_result  # noqa: E402
+from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts  # noqa: E402
+from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -97,10 +111,6 @@ ROWS = [  # YAMLs under configs/
         "ablations/paper_literal_stage1.yaml", "ablations/paper_literal.yaml"),
     Row("mask_rcnn_heads", None, "mask_rcnn", "synthetic/mask_rcnn_heads_tiny.yaml"),
 ]  # fmt: skip
-# --quick: the recursion and the gate (3 trainings), the paper's main claims, and the baseline.
-QUICK_VARIANTS = ["recursive_1", "recursive_4", "recursive_only_testing", "r2ios",
-                  "mask_rcnn_heads"]  # fmt: skip
-QUICK_HELP = f"1 seed, the variants {QUICK_VARIANTS} and --quick-schedule"
 METRICS = ["APr50", "APr60", "APr70", "APr_vol"]
 
 
@@ -343,6 +353,8 @@ def run_ablation(args) -> dict:
         for config in {recipe(f).config for f in (row.stage1, row.stage2) if f} - set(schedules):
             schedules[config] = ablation_schedule(config, scale, n1 + n2)[0]
     variant = args.dataset_variant
+    if variant and variant not in HELDOUT_VARIANTS:
+        raise SystemExit(f"unknown --dataset-variant {variant!r}; known: {list(HELDOUT_VARIANTS)}")
     if variant:
         prepare_heldout_data(variant)
     else:
@@ -388,30 +400,6 @@ def run_ablation(args) -> dict:
 
 def _suffix(variant: Optional[str]) -> str:
     return f"_{variant}" if variant else ""
-
-
-def add_ablation_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of the ablation, as an argument group of ``p``."""
-    g = p.add_argument_group("ablation")
-    g.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (--quick: 0)")
-    g.add_argument("--variants", nargs="+", help=f"default: all ({[r.name for r in ROWS]})")
-    g.add_argument("--schedule", type=float, help="fraction of the YAMLs' MAX_ITER/STEPS")
-    g.add_argument("--full-schedule", type=float, default=0.5, help="default --schedule")
-    g.add_argument("--quick-schedule", type=float, default=0.5, help="--schedule of --quick")
-    g.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel")
-    g.add_argument("--train-threads", type=int, default=1, help="threads per training process")
-    g.add_argument("--stage1-iters", type=int, help="stage-1 MAX_ITER (overrides --schedule)")
-    g.add_argument("--stage2-iters", type=int, help="stage-2 MAX_ITER (overrides --schedule)")
-    g.add_argument("--work-dir", default="output/benchmark", help="checkpoints, logs, per-run")
-    g.add_argument(
-        "--dataset-variant",
-        choices=list(HELDOUT_VARIANTS),
-        help="train and evaluate on this held-out synthetic variant instead of the demo's data",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return tool_parser(__doc__, QUICK_HELP, add_ablation_arguments)
 
 
 def run(args: argparse.Namespace) -> dict:

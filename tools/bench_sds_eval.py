@@ -18,9 +18,6 @@ Writes ``benchmarks/results/sds_eval_speed.json``.
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
-
-# isort: split
 import argparse
 import json
 import logging
@@ -30,14 +27,31 @@ import tempfile
 import time
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
-import pycocotools.mask as mask_util
-import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Boxes, BoxMode, Instances
-from tabulate import tabulate
 
-from r2ios_d2.evaluation import SDSEvaluator, evaluate_from_ious, mask_iou_rle
+def parse_args() -> argparse.Namespace:
+    """The command line (``--num-images``, ``--dets``, ``--seed``, ``--output``)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--num-images", type=int, default=1449)
+    ap.add_argument("--dets", type=int, default=100, help="detections per image")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default="benchmarks/results/sds_eval_speed.json")
+    return ap.parse_args()
+
+
+if __name__ == "__main__":  # --help and usage errors answer before torch and detectron2 load
+    parse_args()
+
+import r2ios_d2  # noqa: E402, F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
+import numpy as np  # noqa: E402
+import pycocotools.mask as mask_util  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from r2ios_d2.evaluation import SDSEvaluator, evaluate_from_ious, mask_iou_rle  # noqa: E402
 
 H, W = 375, 500
 NUM_CLASSES = 20
@@ -122,16 +136,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def parse_args() -> argparse.Namespace:
-    """The command line (``--num-images``, ``--dets``, ``--seed``, ``--output``)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--num-images", type=int, default=1449)
-    ap.add_argument("--dets", type=int, default=100, help="detections per image")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--output", default="benchmarks/results/sds_eval_speed.json")
-    return ap.parse_args()
 
 
 def make_dataset(

@@ -44,17 +44,21 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import ablation  # noqa: E402
-import benchmark_real  # noqa: E402
-import benchmark_speed  # noqa: E402
-import heldout  # noqa: E402
-
-from r2ios_d2.benchmarking.records import add_result_arguments  # noqa: E402
+from benchmark_options import (  # noqa: E402
+    ABLATION_QUICK_HELP,
+    HELDOUT_QUICK_HELP,
+    SPEED_QUICK_HELP,
+    add_ablation_arguments,
+    add_heldout_arguments,
+    add_real_arguments,
+    add_speed_arguments,
+)
+from cli_options import add_result_arguments, parse_before_imports  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of the tools, with ``--speed``, ``--ablation`` and ``--heldout`` choosing
-    what runs."""
+    what runs (standard library only: parsed before torch is imported)."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -66,16 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="NAME",
         help="the demo's recipe on held-out synthetic variants (default: all of "
-        f"{list(heldout.HELDOUT_VARIANTS)})",
+        "r2ios_d2.data.synthetic.HELDOUT_VARIANTS)",
     )
-    quick = f"minutes instead of an hour: speed {benchmark_speed.QUICK_HELP}; "
-    quick += f"ablation with {ablation.QUICK_HELP}; held-out with {heldout.QUICK_HELP}"
+    quick = f"minutes instead of an hour: speed {SPEED_QUICK_HELP}; "
+    quick += f"ablation with {ABLATION_QUICK_HELP}; held-out with {HELDOUT_QUICK_HELP}"
     add_result_arguments(p, quick)
-    benchmark_speed.add_speed_arguments(p)
-    ablation.add_ablation_arguments(p)
-    heldout.add_heldout_arguments(p, standalone=False)
-    benchmark_real.add_real_arguments(p)  # last: shares the others' --jobs, --device, --scale
+    add_speed_arguments(p)
+    add_ablation_arguments(p)
+    add_heldout_arguments(p, standalone=False)
+    add_real_arguments(p)  # last: shares the others' --jobs, --device, --scale
     return p
+
+
+parse_before_imports(__name__, build_parser)
+
+import ablation  # noqa: E402
+import benchmark_real  # noqa: E402
+import benchmark_speed  # noqa: E402
+import heldout  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

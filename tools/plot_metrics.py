@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r2ios_d2.visualization import draw_training_curves, save_figure_atomic
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -28,6 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="")
     parser.add_argument("--ylabel", default="loss")
     args = parser.parse_args(argv)
+    from r2ios_d2.visualization import draw_training_curves, save_figure_atomic
+
     fig = draw_training_curves([tuple(c) for c in args.curve], args.title, args.ylabel)
     save_figure_atomic(fig, args.output)
     return 0

@@ -27,7 +27,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from cli_options import add_register_coco_argument  # noqa: E402
 from PIL import Image  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -62,8 +64,6 @@ def _folder_items(folder):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: a dataset or a folder, output, mode, limits, exports."""
-    from r2ios_d2.data.coco import add_register_coco_argument
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="registered dataset name")
@@ -141,11 +141,10 @@ def _compute(items: list, out: str, args: argparse.Namespace) -> dict:
 
 def main(argv=None):
     """Compute (or resume) the proposals; optionally export a pickle and report recall."""
-    from r2ios_d2.data.coco import register_coco_from_args
-
     args = build_parser().parse_args(argv)
 
     import r2ios_d2  # noqa: F401  (registers the datasets)
+    from r2ios_d2.data.coco import register_coco_from_args
     from r2ios_d2.data.selective_search import proposal_recall
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,21 +18,34 @@ with status 75 (r2ios_d2.preemption.EXIT_PREEMPTED); see docs/RELIABILITY.md.
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
+import argparse
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cli_options import parse_before_imports, training_parser  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of detectron2's training tools, ``--register-coco`` and
+    ``--num-cpu-processes`` (standard library only: parsed before torch is imported)."""
+    return training_parser(__doc__)
+
+
+parse_before_imports(__name__, build_parser)
+
+import r2ios_d2  # noqa: E402, F401  (first: filters detectron2 v0.6's known-harmless warnings)
 
 # isort: split
-import logging
-import sys
-from typing import List, Optional, Sequence, Tuple
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 
-from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-
-from r2ios_d2.config_checks import check_output_dir, load_r2ios_config
-from r2ios_d2.data.coco import add_register_coco_argument, register_coco_from_args
-from r2ios_d2.engine import (
+from r2ios_d2.config_checks import check_output_dir, load_r2ios_config  # noqa: E402
+from r2ios_d2.data.coco import register_coco_from_args  # noqa: E402
+from r2ios_d2.engine import (  # noqa: E402
     ProcessLostError,
     R2IOSCheckpointer,
     R2IOSTrainer,
@@ -41,7 +54,10 @@ from r2ios_d2.engine import (
     launch_gpu,
     r2ios_default_setup,
 )
-from r2ios_d2.preemption import Preempted, stop_signals
+from r2ios_d2.preemption import Preempted, stop_signals  # noqa: E402
+
+if TYPE_CHECKING:
+    from detectron2.config import CfgNode
 
 logger = logging.getLogger("r2ios_d2")
 
@@ -89,22 +105,6 @@ def _main(args):
     trainer = R2IOSTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
-
-
-def add_r2ios_arguments(parser):
-    """The flags r2ios_d2's training tools add to detectron2's ``default_argument_parser``."""
-    add_register_coco_argument(parser)
-    parser.add_argument(
-        "--num-cpu-processes",
-        type=int,
-        default=1,
-        help="train/evaluate with this many CPU processes (gloo); use with a CPU device",
-    )
-    return parser
-
-
-def build_parser():
-    return add_r2ios_arguments(default_argument_parser())
 
 
 def launch_args(

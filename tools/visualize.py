@@ -13,25 +13,17 @@ Visualizer) and ``<image_id>_trace.png`` (rows = top detections, columns = itera
 
 from __future__ import annotations
 
-import r2ios_d2  # noqa: F401  (first: filters detectron2 v0.6's known-harmless warnings)
-
-# isort: split
 import argparse
 import os
+import sys
 
-import torch
-from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
-from tqdm import tqdm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r2ios_d2.config_checks import load_r2ios_config
-from r2ios_d2.data import build_r2ios_test_loader
-from r2ios_d2.engine import R2IOSCheckpointer, exit_on_usage_error
-from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic
+from cli_options import parse_before_imports  # noqa: E402
 
 
-def main(argv=None) -> list:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (standard library only: parsed before torch is imported)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset", help="registered dataset (default: DATASETS.TEST[0])")
@@ -41,6 +33,29 @@ def main(argv=None) -> list:
     parser.add_argument("--score-thresh", type=float, default=0.5)
     parser.add_argument("--max-instances", type=int, default=4, help="rows of the trace grid")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    return parser
+
+
+parse_before_imports(__name__, build_parser)
+
+import r2ios_d2  # noqa: E402, F401  (first: filters detectron2 v0.6's known-harmless warnings)
+
+# isort: split
+import torch  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from r2ios_d2.config_checks import load_r2ios_config  # noqa: E402
+from r2ios_d2.data import build_r2ios_test_loader  # noqa: E402
+from r2ios_d2.engine import R2IOSCheckpointer, exit_on_usage_error  # noqa: E402
+from r2ios_d2.visualization import draw_detections, draw_trace, save_figure_atomic  # noqa: E402
+
+
+def main(argv=None) -> list:
+    """Draw the pictures of the command line ``argv``; returns the paths written."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     with exit_on_usage_error(parser):  # a misspelt key: one line, exit status 2

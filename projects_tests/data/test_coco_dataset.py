@@ -23,7 +23,6 @@ from PIL import Image
 from readme_utils import REPO, load_tool, readme_commands
 
 from r2ios_d2.data.coco import (
-    add_register_coco_argument,
     check_r2ios_training_dicts,
     register_coco_for_r2ios,
     register_coco_from_args,
@@ -160,7 +159,7 @@ def test_registration_sets_proposal_dir_and_evaluator(tmp_path):
 def test_register_coco_flag_is_repeatable(tmp_path):
     json_file = write_coco_dataset(str(tmp_path), [1])
     a, b = _unique("flag_a"), _unique("flag_b")
-    parser = add_register_coco_argument(argparse.ArgumentParser())
+    parser = load_tool("cli_options").add_register_coco_argument(argparse.ArgumentParser())
     images = str(tmp_path / "images")
     args = parser.parse_args(
         ["--register-coco", a, json_file, images, "--register-coco", b, json_file, images]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
+from readme_utils import load_tool
 
 from r2ios_d2.data import get_r2ios_dataset_dicts
 from r2ios_d2.data.coco import (
     VOC_CLASSES_FROM_COCO,
-    add_register_coco_argument,
     register_coco_for_r2ios,
     register_coco_from_args,
     selective_search_command,
@@ -146,7 +146,7 @@ def test_unknown_category_and_other_subset_under_a_taken_name(tmp_path):
 def test_tools_flag_registers_every_dataset_with_the_subset(tmp_path):
     a, b = write_coco(tmp_path / "a"), write_coco(tmp_path / "b", first_id=11)
     na, nb = _name("flag_a"), _name("flag_b")
-    parser = add_register_coco_argument(argparse.ArgumentParser())
+    parser = load_tool("cli_options").add_register_coco_argument(argparse.ArgumentParser())
     args = parser.parse_args(
         ["--coco-categories", "aeroplane=airplane,dog,bicycle"]
         + ["--register-coco", na, str(a), str(tmp_path / "a" / "images")]

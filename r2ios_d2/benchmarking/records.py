@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import datetime
 import gc
@@ -12,7 +11,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -20,7 +19,6 @@ from ..atomic import atomic_write_json, atomic_write_text
 
 __all__ = [
     "PeakMemory",
-    "add_result_arguments",
     "fmt",
     "machine_info",
     "result_header",
@@ -82,34 +80,6 @@ def write_result(results_dir: Path, stem: str, result: dict, markdown: str) -> N
     atomic_write_json(result, str(results_dir / f"{stem}.json"), indent=1)
     atomic_write_text(markdown, str(results_dir / f"{stem}.md"))
     logger.info("wrote %s.{json,md}", results_dir / stem)
-
-
-def tool_parser(
-    doc: str, quick_help: str, add_arguments: Callable[[argparse.ArgumentParser], None]
-) -> argparse.ArgumentParser:
-    """A benchmark tool's parser: its description (first paragraph of ``doc``), the shared
-    result options (:func:`add_result_arguments`) and its own (``add_arguments(parser)``)."""
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_result_arguments(parser, quick_help)
-    add_arguments(parser)
-    return parser
-
-
-def add_result_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
-    """The options every benchmark tool shares: ``--quick``, ``--threads`` (torch threads of
-    this process), ``--results-dir`` and ``--tag`` (suffix of the result file names)."""
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (0: torch's default); 1 because on a shared 2-core machine 2 threads "
-        "ran 10-20x slower under contention",
-    )
-    parser.add_argument("--results-dir", default="benchmarks/results")
-    parser.add_argument("--tag", default="", help="suffix of the result file names")
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:

@@ -18,7 +18,6 @@ it would shadow the module's name).
 
 from . import coco, datasets, proposals, selective_search, synthetic  # noqa: F401  (registers)
 from .coco import (
-    add_register_coco_argument,
     check_proposal_files,
     check_r2ios_training_dicts,
     register_coco_for_r2ios,
@@ -51,7 +50,6 @@ __all__ = [
     "register_all_voc_sbd",
     "register_synthetic",
     "register_coco_for_r2ios",
-    "add_register_coco_argument",
     "register_coco_from_args",
     "check_r2ios_training_dicts",
     "check_proposal_files",

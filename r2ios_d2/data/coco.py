@@ -45,7 +45,6 @@ __all__ = [
     "VOC_CLASSES_FROM_COCO",
     "default_proposal_dir",
     "register_coco_for_r2ios",
-    "add_register_coco_argument",
     "register_coco_from_args",
     "selective_search_command",
     "check_proposal_files",
@@ -133,32 +132,11 @@ def register_coco_for_r2ios(
     logger.info(f"Registered COCO-format dataset {name} ({json_file}); proposals: {proposal_dir}")
 
 
-def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the repeatable ``--register-coco NAME JSON IMAGE_ROOT`` flag (``args.register_coco``,
-    a list of ``[NAME, JSON, IMAGE_ROOT]``) to a tool's parser; returns the parser."""
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME (repeatable); its proposals go to "
-        "<folder of JSON>/proposals/NAME/",
-    )
-    parser.add_argument(
-        "--coco-categories",
-        default=None,
-        metavar="SUBSET",
-        help="only these categories of every --register-coco dataset, in this class order: "
-        "'voc' (the 20 PASCAL VOC classes under VOC's names) or comma-separated NAME or "
-        "NEW=NAME entries (default: all)",
-    )
-    return parser
-
-
 def register_coco_from_args(args: argparse.Namespace) -> List[str]:
-    """Register every ``--register-coco`` dataset of parsed arguments (see
-    :func:`add_register_coco_argument`) with :func:`register_coco_for_r2ios`.
+    """Register every ``--register-coco NAME JSON IMAGE_ROOT`` dataset of parsed arguments
+    (``args.register_coco``, a list of ``[NAME, JSON, IMAGE_ROOT]``, and
+    ``args.coco_categories``, as the tools' ``add_register_coco_argument`` in
+    ``tools/cli_options.py`` adds them) with :func:`register_coco_for_r2ios`.
 
     Call it in each process that reads the datasets (registrations are per process).
 
