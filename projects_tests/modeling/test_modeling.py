@@ -19,6 +19,7 @@ from r2ios_d2.modeling import (
     R2IOSROIHeads,
     reframe_masks,
 )
+from r2ios_d2.modeling.losses import TrainingRows
 
 VGG_CONVS = [
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
@@ -227,7 +228,7 @@ def _scripted_predict(heads, script, record):
     """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``; the
     confidence maps C it reports are zeros."""
 
-    def fake(box_features, scored, boxes, confidence_maps=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_softmax=None):
         n = sum(len(b) for b in boxes)
         record.append(n)
         out = script(len(record) - 1, n)
@@ -312,7 +313,7 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     shift = torch.tensor([0.5, 0.0, 0.0, 0.0])  # class-0 delta: move right by half a width
     record, seen = [], []
 
-    def fake(box_features, scored, boxes, confidence_maps=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_softmax=None):
         n = sum(len(b) for b in boxes)
         t = len(record)
         record.append(n)
@@ -351,6 +352,33 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     else:
         expected = 4 * fg_ce + 4 * static_ce + moving_ce.sum()
     torch.testing.assert_close(losses["loss_cls"], expected / 4)
+
+
+def test_mask_targets_crop_each_distinct_instance_as_bitmasks_do():
+    """The targets cropped from each image's distinct matched instances equal
+    ``BitMasks.crop_and_resize`` of every row's own mask, bit for bit, also when two
+    instances share a box and class (their masks are then kept apart)."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 64, 64, generator=g) > 0.6
+    p = Instances((64, 64))
+    gt = torch.tensor([[10.0, 10, 30, 30], [20, 30, 50, 60], [20, 30, 50, 60]])
+    pick = torch.tensor([0, 1, 0, 0, 1, 2, 2, 0])  # rows 4 and 5: same box/class, not mask
+    p.proposal_boxes = Boxes(gt[pick] + torch.rand(8, 4, generator=g) * 4)
+    p.gt_classes = torch.tensor([0, 1, 0, 0, 1, 1, 1, 3])  # the last row is background
+    p.gt_boxes = Boxes(gt[pick])
+    p.gt_masks = BitMasks(masks[pick])
+    q = Instances((64, 64))
+    q.proposal_boxes, q.gt_classes = p.proposal_boxes[:3], p.gt_classes[:3]
+    q.gt_boxes, q.gt_masks = p.gt_boxes[:3], BitMasks(masks[pick[:3]])
+    rows = TrainingRows([p, q], num_classes=3)
+    fg = rows.boxes[rows.fg_idx] + torch.randn(len(rows.fg_idx), 4, generator=g)
+    for size in (40, 13):
+        expected = torch.cat(
+            [m.crop_and_resize(b, size) for m, b in zip(rows.fg_masks, fg.split(rows.fg_per_image))]
+        )
+        assert torch.equal(rows.mask_targets(fg, size, torch.device("cpu")), expected)
+    # image 1 falls back to one mask per row (rows 1, 4, 5 share box and class)
+    assert [len(src[0]) for src in rows.fg_mask_sources] == [7, 2]
 
 
 def test_polygon_and_bitmask_targets_give_the_same_mask_loss():
@@ -499,8 +527,8 @@ def test_skip_background_gives_identical_outputs(synthetic_inputs):
     predict = heads._predict
     rows = []
 
-    def spy(*args):
-        out = predict(*args)
+    def spy(*args, **kwargs):
+        out = predict(*args, **kwargs)
         rows.append(len(out[0]))
         return out
 
@@ -521,6 +549,46 @@ def test_skip_background_gives_identical_outputs(synthetic_inputs):
             v = v.tensor if isinstance(v, Boxes) else v
             w = on.get(k).tensor if isinstance(on.get(k), Boxes) else on.get(k)
             assert torch.equal(v, w), k
+
+
+def _fields(inst):
+    return {k: v.tensor if isinstance(v, Boxes) else v for k, v in inst.get_fields().items()}
+
+
+def test_proposals_whose_box_does_not_move_leave_the_recursion(synthetic_inputs):
+    """Deltas that collapse every box: each refinement is rejected and keeps ``l_{t-1}``,
+    so iteration 2 would repeat iteration 1 for every proposal; with SKIP_BACKGROUND it
+    runs once, with the outputs of all T iterations."""
+    model = _inference_model(synthetic_inputs, bg_fraction=0.3)
+    heads = model.roi_heads
+    torch.nn.init.zeros_(heads.box_predictor.bbox_pred.weight)
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.bias.view(-1, 4)[:, 2:] = -50.0  # width, height -> 0
+    results, counts = {}, {}
+    for skip in (False, True):
+        heads.skip_background = skip
+        with torch.no_grad(), EventStorage() as storage:
+            results[skip] = [o["instances"] for o in model(synthetic_inputs)]
+        counts[skip] = [k for k in storage.latest() if k.startswith("r2ios/test_active_t")]
+    assert len(counts[False]) == 4 and counts[True] == ["r2ios/test_active_t1"]
+    for off, on in zip(results[False], results[True]):
+        a, b = _fields(off), _fields(on)
+        assert set(a) == set(b) and len(off) > 0
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_inference_shares_the_softmax_of_v_with_the_seg_aware_predictor(synthetic_inputs):
+    model = _inference_model(synthetic_inputs)
+    pred = model.roi_heads.box_predictor
+    x, v = torch.randn(5, pred.cls_score.in_features - pred.mask_dim), torch.randn(5, 2, 40, 40)
+    with torch.no_grad():
+        plain = pred(x, v)
+        shared = pred(x, v, mask_softmax=F.softmax(v, dim=1))
+    assert all(torch.equal(a, b) for a, b in zip(plain, shared))
+    # With autograd the given softmax is ignored: the gradient scale must apply to v.
+    garbage = torch.zeros(5, 2, 40, 40)
+    assert all(torch.equal(a, b) for a, b in zip(pred(x, v), pred(x, v, mask_softmax=garbage)))
 
 
 @pytest.mark.parametrize("gate_score", ["all", "foreground", "off"])

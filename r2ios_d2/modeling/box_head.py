@@ -114,13 +114,19 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
         return ret
 
     def forward(
-        self, x: torch.Tensor, mask_logits: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        mask_logits: Optional[torch.Tensor] = None,
+        mask_softmax: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             x: (R, D) box head features (fc7), or (R, ...) flattened.
             mask_logits: (R, 2, M, M) mask logits ``v`` of the same boxes; required when
                 ``seg_aware``, ignored otherwise.
+            mask_softmax: (R, 2, M, M) ``mask_logits.softmax(dim=1)`` if the caller has it
+                (inference, where it also gives the output masks); used only with
+                ``seg_input`` "probs" and without autograd (it bypasses the gradient scale).
 
         Returns:
             (R, K+1) class logits and (R, 4K) (or (R, 4) class-agnostic) box deltas.
@@ -131,7 +137,8 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
                 raise ValueError("A seg-aware predictor needs the mask logits v")
             v = scale_grad(mask_logits, self.seg_grad_scale)
             if self.seg_input == "probs":
-                v = v.softmax(dim=1) - 0.5
+                reuse = mask_softmax is not None and not torch.is_grad_enabled()
+                v = (mask_softmax if reuse else v.softmax(dim=1)) - 0.5
             x = torch.cat([x, v.flatten(1) * self.seg_scale], dim=1)
         return super().forward(x)
 

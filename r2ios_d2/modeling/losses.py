@@ -9,9 +9,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
-from detectron2.structures import Instances
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
+from torchvision.ops import roi_align
 
 from .mask_head import R2IOSMaskHead
 from .recursion import flatten_proposals, gate_iterations
@@ -56,23 +57,65 @@ class TrainingRows:
         self.fg_image = self.image_idx[self.fg_idx]
         self.fg_per_image = torch.bincount(self.fg_image, minlength=self.num_images).tolist()
         self.fg_masks = []  # per image: the matched GT instance of each foreground proposal
+        # Per image with bitmasks: its distinct matched instances as float (G_i, H, W) and
+        # each foreground row's index into them. Every iteration crops them again, so they
+        # are found and converted once, not once per iteration and row.
+        self.fg_mask_sources: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = []
         for p, n in zip(proposals, self.fg_per_image):
             local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < k)).squeeze(1)
-            self.fg_masks.append(p.gt_masks[local] if n > 0 else None)
+            masks = p.gt_masks[local] if n > 0 else None
+            self.fg_masks.append(masks)
+            rows = (p.gt_boxes.tensor[local], p.gt_classes[local]) if n > 0 else None
+            self.fg_mask_sources.append(_distinct_bitmasks(masks, *rows) if rows else None)
 
     def mask_targets(
         self, boxes: torch.Tensor, size: int, device: torch.device
     ) -> Optional[torch.Tensor]:
         """(F, size, size) mask targets: each foreground row's matched instance in the frame
-        of its box in ``boxes`` (F, 4); None without foreground rows."""
+        of its box in ``boxes`` (F, 4); None without foreground rows.
+
+        Bitmasks are cropped as ``BitMasks.crop_and_resize`` does (RoIAlign of the float
+        mask, adaptive sampling, aligned, then >= 0.5), from each image's distinct instances:
+        RoIAlign computes every box from its own mask only, so the result is the same.
+        """
         if len(self.fg_idx) == 0:
             return None
-        targets = [
-            m.crop_and_resize(b, size)
-            for m, b in zip(self.fg_masks, boxes.split(self.fg_per_image))
-            if m is not None
-        ]
+        targets = []
+        for m, src, b in zip(self.fg_masks, self.fg_mask_sources, boxes.split(self.fg_per_image)):
+            if m is None:
+                continue
+            if src is None:  # polygons: rasterised per box
+                targets.append(m.crop_and_resize(b, size))
+                continue
+            float_masks, index = src
+            rois = torch.cat([index[:, None].to(b.dtype), b], dim=1).to(float_masks.device)
+            cropped = roi_align(
+                float_masks[:, None], rois.to(float_masks.dtype), (size, size), 1.0, 0, True
+            )
+            targets.append(cropped.squeeze(1) >= 0.5)
         return cat(targets).to(device)
+
+
+def _distinct_bitmasks(
+    masks: object, gt_boxes: torch.Tensor, gt_classes: torch.Tensor
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The distinct instances among the (F, H, W) ``BitMasks`` of F foreground rows, as a
+    float (G, H, W) tensor, and each row's (F,) index into it; None for other masks.
+
+    Rows matched to one ground-truth instance share its box, class and mask: rows are
+    grouped by box and class, and a group only merges if its masks are equal, so the
+    result is exact whatever the matching was.
+    """
+    if not isinstance(masks, BitMasks):
+        return None
+    t = masks.tensor
+    key = torch.cat([gt_boxes.to(torch.float64), gt_classes[:, None].to(torch.float64)], dim=1)
+    _, index = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(index.max()) + 1,), len(index), dtype=torch.long, device=t.device)
+    first = first.scatter_reduce(0, index, torch.arange(len(index), device=t.device), "amin")
+    if not torch.equal(t, t[first[index]]):  # same box and class, different masks
+        return t.to(torch.float32), torch.arange(len(t), device=t.device)
+    return t[first].to(torch.float32), index
 
 
 def training_gate(iters: list, rows: TrainingRows, gate: bool, num_iterations: int) -> torch.Tensor:

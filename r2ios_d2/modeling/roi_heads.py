@@ -256,19 +256,26 @@ class R2IOSROIHeads(StandardROIHeads):
         scored: List[torch.Tensor],
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
+        mask_softmax: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration of both sub-networks on the given boxes.
 
         Args:
             confidence_maps: if a list, the pooled confidence maps ``C`` (R, 2, M, M) are
                 appended to it.
+            mask_softmax: if a list and autograd is off, ``softmax(v, dim=1)`` (R, 2, M, M)
+                is computed once, fed to the seg-aware predictor and appended to it.
 
         Returns:
             class logits (R, K+1), deltas (R, 4K or 4), mask logits v (R, 2, M, M).
         """
         x = self.box_head(self.box_pooler(box_features, boxes))
         v = self.mask_head(scored, boxes, confidence_maps)
-        logits, deltas = self.box_predictor(x, v)
+        if mask_softmax is not None and not torch.is_grad_enabled():
+            mask_softmax.append(F.softmax(v, dim=1))
+            logits, deltas = self.box_predictor(x, v, mask_softmax=mask_softmax[-1])
+        else:
+            logits, deltas = self.box_predictor(x, v)
         return logits, deltas, v
 
     def _refine(
@@ -455,9 +462,15 @@ class R2IOSROIHeads(StandardROIHeads):
             # speed benchmark; skipped silently outside an EventStorage.
             put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
             in_boxes = cur[active]
+            soft: List[torch.Tensor] = []
             logits, deltas, v = self._predict(
-                box_features, scored, split_by_image(in_boxes, image_idx[active], num_images)
+                box_features,
+                scored,
+                split_by_image(in_boxes, image_idx[active], num_images),
+                mask_softmax=soft,
             )
+            # The predictor's softmax of v is the output mask too: computed once.
+            mask_probs = soft[0][:, 1] if soft else self.mask_head.foreground_probs(v)
             probs = F.softmax(logits, dim=1)
             score, cls = probs.max(dim=1)  # ĝ_t over K+1 classes (K = background)
             gate = score if self.gate_score == "all" else probs[:, :K].max(dim=1).values
@@ -466,7 +479,6 @@ class R2IOSROIHeads(StandardROIHeads):
             new_boxes[moving] = self._refine(
                 deltas[moving], in_boxes[moving], cls[moving], hw[active[moving]]
             )
-            mask_probs = self.mask_head.foreground_probs(v)
             # Strictly better only: a tie keeps the earliest iteration. Without the test gate
             # the last iteration a proposal reaches is its output.
             better = gate > best.gate[active] if self.test_gate else torch.ones_like(moving)
@@ -485,9 +497,10 @@ class R2IOSROIHeads(StandardROIHeads):
                 trace.record(active, t, boxes=new_boxes, scores=gate, classes=cls, masks=mask_probs)
             cur[active] = new_boxes
             if self.skip_background:
-                # A background prediction keeps the box, so the next iteration would see the
-                # same input and repeat this one exactly (and never win the gate on a tie).
-                active = active[moving]
+                # A background prediction keeps the box, and so does a refinement that
+                # collapses or changes nothing: the next iteration would see the same input
+                # and repeat this one exactly (and never win the gate on a tie).
+                active = active[moving & (new_boxes != in_boxes).any(dim=1)]
         return best, (trace.filled() if trace is not None else None)
 
     def forward_with_given_boxes(
