@@ -31,7 +31,7 @@ __all__ = [
 
 # ------------------------------------------------------------------- tools/benchmark_speed.py
 # What --quick does there (also quoted by tools/benchmark.py).
-SPEED_QUICK_HELP = "at the first width only with 2 repeats"
+SPEED_QUICK_HELP = "at the first width only with 2 repeats, 2 demo images and 1 demo training batch"
 
 
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,16 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--full-repeats", type=int, default=1, help="timed repeats, width 1 on CPU")
     g.add_argument("--train-images", type=int, default=2, help="images per train step")
     g.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
+    g.add_argument("--no-demo", action="store_true", help="skip the demo models' part")
+    for stage in ("stage1", "stage2", "stock"):
+        g.add_argument(
+            f"--demo-{stage}-weights",
+            default=None,
+            metavar="PTH",
+            help=f"trained demo checkpoint of {stage} (default: tools/run_demo.py's, if any)",
+        )
+    g.add_argument("--demo-images", type=int, default=8, help="demo val images (inference)")
+    g.add_argument("--demo-train-batches", type=int, default=3, help="demo training batches")
 
 
 # -------------------------------------------------------------------------- tools/ablation.py

@@ -11,6 +11,13 @@ the first iteration, as a trained detector on selective-search proposals does. H
 proposals each R2-IOS iteration ran on is what the heads report to detectron2's
 ``EventStorage`` (``r2ios/test_active_t<t>``).
 
+The demo part (:mod:`r2ios_d2.benchmarking.speed_demo`, ``--no-demo`` skips it): the trained
+demo models (``tools/run_demo.py``'s checkpoints, or ``--demo-stage1-weights`` /
+``--demo-stage2-weights``) on the demo's val images at T = 1 and T = 4 against the stock
+heads of ``mask_rcnn_heads_tiny.yaml``, with the images' selective-search proposals and with
+the largest ``--proposals`` count of random ones, each with a per-stage profile; and the
+train step of the demo's three configs on its training batches.
+
     python tools/benchmark_speed.py                         # CPU, tiny and full VGG-16 widths
     python tools/benchmark_speed.py --device cuda --widths 1.0
     python tools/benchmark_speed.py --quick                 # first width, 2 repeats
@@ -312,8 +319,63 @@ def run_speed(args) -> dict:
         result["widths"].append(facts)
         if not args.no_train:
             result["train"] += bench_train(args, width, repeats)
+    if not args.no_demo:
+        result["demo"] = run_demo(args)
     result["goals"] = check_goals(result)
     return result
+
+
+def run_demo(args) -> dict:
+    """The demo part: inference of the trained demo models (T = 1, T = 4, the stock heads)
+    with a per-stage profile, and the train step of the demo's configs (see
+    :mod:`r2ios_d2.benchmarking.speed_demo`)."""
+    from r2ios_d2.benchmarking import speed_demo
+
+    demo = {"inference": [], "facts": [], "train": [], "skipped": []}
+    weights = {
+        "stage1": args.demo_stage1_weights or speed_demo.default_weights("stage1"),
+        "stage2": args.demo_stage2_weights or speed_demo.default_weights("stage2"),
+    }
+    stock_weights = args.demo_stock_weights or speed_demo.default_weights("stock")
+
+    def skip(what: str) -> None:
+        demo["skipped"].append(what)
+        logger.warning("speed: not measured: %s", what)
+
+    inputs = None
+    for stage, path in weights.items():
+        if not path:
+            skip(f"inference {stage}: no checkpoint (tools/run_demo.py, --demo-{stage}-weights)")
+            continue
+        if inputs is None:
+            try:
+                cfg = speed_demo.demo_cfg(stage, args.device)
+                inputs = speed_demo.load_demo_inputs(cfg, args.demo_images)
+            except FileNotFoundError as e:  # no demo data (make demo-data)
+                skip(f"inference: {e}")
+                break
+        rows, facts = speed_demo.bench_demo_inference(
+            stage,
+            path,
+            inputs,
+            device=args.device,
+            repeats=args.repeats,
+            random_props=max(args.proposals),
+            stock_weights=stock_weights,
+        )
+        demo["inference"] += rows
+        demo["facts"].append(facts)
+    if not args.no_train:
+        cfg = speed_demo.demo_cfg("stage1", args.device)
+        try:
+            batches = speed_demo.load_demo_train_batches(cfg, args.demo_train_batches)
+        except FileNotFoundError as e:
+            skip(f"train step: {e}")
+            return demo
+        demo["train"] = speed_demo.bench_demo_train(
+            batches, device=args.device, repeats=args.repeats
+        )
+    return demo
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -322,14 +384,17 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.widths, args.repeats = args.widths[:1], min(args.repeats, 2)
+        args.demo_images, args.demo_train_batches = min(args.demo_images, 2), 1
     result = run_speed(args)
     device = args.device.split(":")[0]
     stem = f"speed_{device}{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"
     md = speed_markdown(result, result_header(result), args.quick)
     write_result((REPO / args.results_dir).resolve(), stem, result, md)
     tables = speed_tables(result)
-    for name in ("inference", "widths", "train", "goals"):
-        print(f"\n{name}\n{tables[name]}")
+    names = ("inference", "widths", "train", "demo_inference", "demo_profile", "demo_train")
+    for name in (*names, "goals"):
+        if name in tables:
+            print(f"\n{name}\n{tables[name]}")
     return result
 
 

@@ -43,7 +43,7 @@ def ablation(tools):
 def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
     argv = ["--widths", "0.0625", "--proposals", "16", "32", "--iterations", "1", "4"]
     argv += ["--repeats", "1", "--image-size", "64", "96", "--train-images", "1"]
-    argv += ["--results-dir", str(tmp_path), "--tag", "test"]
+    argv += ["--results-dir", str(tmp_path), "--tag", "test", "--no-demo"]
     assert speed.main(argv) == 0
     result = json.loads((tmp_path / "speed_cpu_test.json").read_text())
     assert (tmp_path / "speed_cpu_test.md").read_text().startswith("# Speed and memory")
@@ -209,3 +209,60 @@ def test_benchmark_dispatches_to_both_tools(tools, monkeypatch):
     assert ran == [("speed", True, 2), ("ablation", [3])]
     with pytest.raises(SystemExit):
         benchmark.main(["--quick"])
+
+
+def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
+    speed, tmp_path, monkeypatch
+):
+    """The demo part on tiny versions of the demo's configs, with a saved checkpoint as the
+    "trained" weights and synthetic images instead of the demo's dataset."""
+    from detectron2.modeling import build_model
+
+    import r2ios_d2.benchmarking.speed_demo as speed_demo
+    from r2ios_d2.benchmarking.speed_setup import random_proposals, train_batch
+
+    tiny = ["MODEL.VGG.WIDTH", "0.0625", "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]
+    tiny += ["MODEL.R2IOS.AE_HIDDEN_DIM", "32", "MODEL.R2IOS.MASK_SIZE", "20"]
+    tiny += ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
+    demo_cfg = speed_demo.demo_cfg
+    monkeypatch.setattr(speed_demo, "demo_cfg", lambda name, device: demo_cfg(name, device, tiny))
+    images = []
+    for i in range(2):
+        x = {"image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)}
+        x.update(height=128, width=192, image_id=i, proposals=random_proposals(12, 64, 96, "cpu"))
+        images.append(x)
+    inputs = speed_demo.DemoInputs(images, "synthetic")
+    monkeypatch.setattr(speed_demo, "load_demo_inputs", lambda cfg, n: inputs)
+    batches = [train_batch(64, 96, 2, 16, 5, "cpu")]
+    monkeypatch.setattr(speed_demo, "load_demo_train_batches", lambda cfg, n: batches)
+    weights = tmp_path / "stage2.pth"
+    torch.save({"model": build_model(speed_demo.demo_cfg("stage2", "cpu")).state_dict()}, weights)
+
+    argv = ["--quick", "--widths", "0.0625", "--proposals", "16", "--iterations", "1", "4"]
+    argv += ["--image-size", "64", "96", "--train-images", "1"]
+    argv += ["--demo-stage1-weights", str(weights), "--demo-stage2-weights", str(weights)]
+    argv += ["--results-dir", str(tmp_path), "--tag", "demo"]
+    assert speed.main(argv) == 0
+    demo = json.loads((tmp_path / "speed_cpu_quick_demo.json").read_text())["demo"]
+    assert {(r["stage"], r["proposals"], r["case"]) for r in demo["inference"]} == {
+        (stage, source, case)
+        for stage in ("stage1", "stage2")
+        for source in ("selective_search", "random_16")
+        for case in ("R2-IOS T=1", "R2-IOS T=4", "stock heads")
+    }
+    for r in demo["inference"]:
+        assert r["ms_per_image"] > r["heads_ms"] > 0 and r["profile_ms"]["backbone"] > 0
+        if r["case"] == "R2-IOS T=4":
+            assert r["active_per_iteration"][0] == (32 if r["proposals"] == "random_16" else 24)
+            assert "box_head t1" in r["profile_ms"] and "nms" in r["profile_ms"]
+        elif r["case"] == "stock heads":
+            assert r["ratio_to_stock"] == pytest.approx(1.0) and "paste" in r["profile_ms"]
+    assert [r["model"] for r in demo["train"]] == ["stock", "stage1", "stage2"]
+    assert [(r["T"], r["gate"]) for r in demo["train"]] == [(None, None), (4, False), (4, True)]
+    assert all({"backbone", "roi_heads", "backward"} <= set(r["profile_ms"]) for r in demo["train"])
+    assert demo["skipped"] == []
+    md = (tmp_path / "speed_cpu_quick_demo.md").read_text()
+    assert "Demo models, inference with trained weights" in md and "box_head t1" in md
+    goals = json.loads((tmp_path / "speed_cpu_quick_demo.json").read_text())["goals"]
+    assert sum("trained demo" in g["goal"] for g in goals) == 2 * 3
+    assert sum("demo config" in g["goal"] for g in goals) == 2

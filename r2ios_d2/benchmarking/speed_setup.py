@@ -21,6 +21,7 @@ from ..config import add_r2ios_config
 __all__ = [
     "active_per_iteration",
     "baseline_cfg",
+    "first_iteration_logits",
     "random_proposals",
     "shift_background_bias",
     "speed_cfg",
@@ -80,7 +81,7 @@ def random_proposals(n: int, h: int, w: int, device: str, seed: int = 1) -> Inst
     return p
 
 
-def _first_iteration_logits(heads, features: Dict[str, torch.Tensor], boxes: Boxes):
+def first_iteration_logits(heads, features: Dict[str, torch.Tensor], boxes: Boxes):
     """Class logits (R, K+1) of the first iteration of R2-IOS or of the baseline's box head."""
     box_feats = [features[f] for f in heads.box_in_features]
     if hasattr(heads, "_predict"):  # R2IOSROIHeads
@@ -97,10 +98,10 @@ def shift_background_bias(
     """Lower/raise the background logit bias of ``heads`` (R2-IOS or the baseline) so that
     ``bg_fraction`` of ``boxes`` have background as their arg-max class at the first
     iteration; returns the fraction reached."""
-    logits = _first_iteration_logits(heads, features, boxes)
+    logits = first_iteration_logits(heads, features, boxes)
     margin = logits[:, -1] - logits[:, :-1].max(dim=1).values
     heads.box_predictor.cls_score.bias[-1] -= margin.quantile(1 - bg_fraction)
-    logits = _first_iteration_logits(heads, features, boxes)
+    logits = first_iteration_logits(heads, features, boxes)
     return (logits.argmax(1) == logits.shape[1] - 1).float().mean().item()
 
 

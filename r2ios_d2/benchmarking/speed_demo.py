@@ -1,0 +1,364 @@
+"""The speed benchmark on the demo (``tools/benchmark_speed.py``, ``"demo"`` part of its result).
+
+* **Inference with trained weights**: the demo's configs (``configs/synthetic/
+  r2ios_tiny_stage{1,2}.yaml``, the package defaults) and their checkpoints on val images of
+  the demo's dataset, R2-IOS at T = 1 and T = 4 against detectron2's ``StandardROIHeads`` +
+  ``MaskRCNNConvUpsampleHead`` (``mask_rcnn_heads_tiny.yaml``) on the same backbone
+  features, with the images' selective-search proposals and with ``n`` random ones. Trained
+  weights matter: how many proposals iterations 2..T run on is what the model predicts.
+* **A per-stage profile** (:class:`~.speed_profile.StageProfile`) of every case: backbone,
+  box pooling / head / predictor and mask head per iteration, NMS, mask pasting.
+* **Training**: seconds per step of R2-IOS (stage-1 and stage-2 configs, T = 4) and of the
+  stock heads on the demo's training batches, same run, each with the demo's optimizer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.utils.events import EventStorage
+from tqdm import tqdm
+
+from ..config import add_r2ios_config
+from ..modeling import postprocessing as r2ios_postprocessing
+from .records import sync
+from .speed_profile import StageProfile, r2ios_stages, stock_stages
+from .speed_setup import (
+    active_per_iteration,
+    first_iteration_logits,
+    random_proposals,
+    shift_background_bias,
+)
+
+__all__ = [
+    "DEMO_CONFIGS",
+    "DemoInputs",
+    "bench_demo_inference",
+    "bench_demo_train",
+    "demo_cfg",
+    "load_demo_inputs",
+    "load_demo_train_batches",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+# The demo's configs: R2-IOS stages 1 and 2 and the stock Mask R-CNN heads.
+DEMO_CONFIGS = {
+    "stage1": "configs/synthetic/r2ios_tiny_stage1.yaml",
+    "stage2": "configs/synthetic/r2ios_tiny_stage2.yaml",
+    "stock": "configs/synthetic/mask_rcnn_heads_tiny.yaml",
+}
+# Where tools/run_demo.py leaves the demo's checkpoints (the default weights).
+DEMO_WEIGHTS = {
+    "stage1": "demo_output/stage1/model_final.pth",
+    "stage2": "demo_output/stage2/model_final.pth",
+    "stock": "demo_output/mask_rcnn_heads/model_final.pth",
+}
+
+
+def demo_cfg(name: str, device: str, opts: Sequence[str] = ()) -> CfgNode:
+    """The demo's config ``name`` (a key of :data:`DEMO_CONFIGS`) on ``device``, without
+    weights (the benchmark loads them) and without data-loader workers."""
+    cfg = get_cfg()
+    add_r2ios_config(cfg)
+    cfg.merge_from_file(str(REPO / DEMO_CONFIGS[name]))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def default_weights(name: str) -> Optional[str]:
+    """The demo's checkpoint of ``name`` if ``tools/run_demo.py`` has written it, else None."""
+    path = REPO / DEMO_WEIGHTS[name]
+    return str(path) if path.is_file() else None
+
+
+def _load(model: torch.nn.Module, cfg: CfgNode, weights: str) -> None:
+    from ..engine.checkpoint import R2IOSCheckpointer
+
+    R2IOSCheckpointer.for_config(model, cfg).load(weights)
+
+
+@dataclass
+class DemoInputs:
+    """Mapped val images (``image``, ``height``, ``width``, ``proposals``) of the demo."""
+
+    inputs: List[dict]
+    dataset: str
+
+
+def load_demo_inputs(cfg: CfgNode, num_images: int) -> DemoInputs:
+    """The first ``num_images`` images of ``cfg.DATASETS.TEST[0]`` as the test loader maps
+    them (network-input size, selective-search proposals)."""
+    from ..data import build_r2ios_test_loader
+
+    name = cfg.DATASETS.TEST[0]
+    loader = build_r2ios_test_loader(cfg, name)
+    return DemoInputs([b[0] for b in itertools.islice(loader, num_images)], name)
+
+
+def load_demo_train_batches(cfg: CfgNode, num_batches: int) -> List[List[dict]]:
+    """The first ``num_batches`` training batches of ``cfg`` (the demo's train loader)."""
+    from ..data import build_r2ios_train_loader
+
+    return list(itertools.islice(iter(build_r2ios_train_loader(cfg)), num_batches))
+
+
+# ------------------------------------------------------------------------------ inference
+def _profile_stages(heads, stock: bool, device: str) -> StageProfile:
+    profile = StageProfile(device, stock_stages(heads) if stock else r2ios_stages(heads))
+    if stock:
+        import detectron2.modeling.roi_heads.fast_rcnn as fast_rcnn
+
+        profile.wrap(fast_rcnn, "batched_nms", "nms")
+    else:
+        profile.wrap(r2ios_postprocessing, "batched_nms", "nms")
+        profile.wrap(r2ios_postprocessing, "_mask_nms", "nms")
+    return profile
+
+
+def _stage_table(stages: Dict[str, float], backbone_ms: float) -> Dict[str, float]:
+    """Per-image stage milliseconds with ``backbone`` first and ``heads_other`` = what the
+    heads spent outside the timed stages (gate, box refinement, candidates, bookkeeping)."""
+    inside = sum(v for k, v in stages.items() if k not in ("heads", "paste"))
+    out = {"backbone": backbone_ms}
+    out.update({k: v for k, v in stages.items() if k not in ("heads",)})
+    out["heads_other"] = stages.get("heads", 0.0) - inside
+    return out
+
+
+def _r2ios_case(model, T: int) -> Callable:
+    heads = model.roi_heads
+
+    def run(images, feats, props):
+        heads.test_num_iterations = T
+        return heads(images, feats, props)[0]
+
+    return run
+
+
+def bench_demo_inference(
+    stage: str,
+    weights: str,
+    inputs: DemoInputs,
+    *,
+    device: str,
+    repeats: int,
+    random_props: int,
+    stock_weights: Optional[str] = None,
+) -> Tuple[List[dict], dict]:
+    """R2-IOS (``stage``'s config and ``weights``) at T = 1 and 4 and the stock heads on the
+    demo images: rows per proposal source (``"selective_search"``, ``"random_<n>"``) and
+    case, each with ms per image (backbone + heads + pasting, median over ``repeats``
+    round-robin repeats), ratios, active proposals per iteration, detections and a
+    per-stage profile; and facts (images, weights, the stock heads' background fraction)."""
+    cfg = demo_cfg(stage, device)
+    model = build_model(cfg).eval()
+    _load(model, cfg, weights)
+    stock_cfg = demo_cfg("stock", device)
+    torch.manual_seed(0)
+    stock = build_model(stock_cfg).eval()
+    if stock_weights:
+        _load(stock, stock_cfg, stock_weights)
+    stock_heads = stock.roi_heads  # runs on R2-IOS's backbone features ("det")
+    facts: dict = {"stage": stage, "weights": weights, "stock_weights": stock_weights}
+
+    with torch.no_grad():
+        prepared = []
+        for x in inputs.inputs:
+            images = model.preprocess_image([x])
+            feats = model.backbone(images.tensor)
+            h, w = images.image_sizes[0]
+            rand = random_proposals(random_props, h, w, device, seed=len(prepared) + 1)
+            prepared.append((x, images, feats, {"selective_search": x["proposals"].to(device)}))
+            prepared[-1][3][f"random_{random_props}"] = rand
+        if not stock_weights:  # random stock heads: as much background as trained R2-IOS
+            logits = [
+                first_iteration_logits(model.roi_heads, f, ps["selective_search"].proposal_boxes)
+                for _, _, f, ps in prepared
+            ]
+            k = model.roi_heads.num_classes
+            bg = torch.cat([lg.argmax(1) == k for lg in logits]).float().mean().item()
+            x0, _, f0, ps0 = prepared[0]
+            boxes = ps0["selective_search"].proposal_boxes
+            facts["stock_bg_fraction_t1"] = shift_background_bias(stock_heads, f0, boxes, bg)
+            facts["r2ios_bg_fraction_t1"] = bg
+
+    cases: Dict[str, Callable] = {
+        "R2-IOS T=1": _r2ios_case(model, 1),
+        "R2-IOS T=4": _r2ios_case(model, 4),
+        "stock heads": lambda images, feats, props: stock_heads(images, feats, props)[0],
+    }
+    sources = list(prepared[0][3])
+
+    def backbone_pass() -> float:
+        total = 0.0
+        for _, images, _, _ in prepared:
+            sync(device)
+            t0 = time.perf_counter()
+            model.backbone(images.tensor)
+            sync(device)
+            total += time.perf_counter() - t0
+        return 1000 * total / len(prepared)
+
+    def heads_pass(case: str, source: str, storage_counts: Optional[list] = None) -> tuple:
+        total, dets = 0.0, 0
+        for x, images, feats, props in prepared:
+            with EventStorage() as storage:
+                sync(device)
+                t0 = time.perf_counter()
+                out = cases[case](images, feats, [props[source]])
+                detector_postprocess(out[0], x["height"], x["width"])
+                sync(device)
+                total += time.perf_counter() - t0
+            dets += len(out[0])
+            if storage_counts is not None:
+                counts = active_per_iteration(storage)
+                storage_counts.extend([0] * (len(counts) - len(storage_counts)))
+                for t, c in enumerate(counts):
+                    storage_counts[t] += c
+        return 1000 * total / len(prepared), dets
+
+    with torch.no_grad():
+        for case in cases:  # warm-up
+            heads_pass(case, sources[0])
+        times = {(c, s): [] for c in cases for s in sources}
+        backbone_times = []
+        for _ in tqdm(range(repeats), desc=f"demo inference {stage}", leave=False):
+            backbone_times.append(backbone_pass())
+            for key in times:
+                times[key].append(heads_pass(*key)[0])
+        backbone_ms = statistics.median(backbone_times)
+        rows = []
+        for (case, source), ts in times.items():
+            counts: list = []
+            _, dets = heads_pass(case, source, counts)
+            profile = _profile_stages(
+                stock_heads if case == "stock heads" else model.roi_heads,
+                case == "stock heads",
+                device,
+            )
+            with profile:
+                for x, images, feats, props in prepared:
+                    profile.new_pass()
+                    with profile.time("heads"):
+                        out = cases[case](images, feats, [props[source]])
+                    with profile.time("paste"):
+                        detector_postprocess(out[0], x["height"], x["width"])
+            heads_ms = statistics.median(ts)
+            stages = _stage_table(profile.per_pass(), backbone_ms)
+            rows.append(
+                {
+                    "stage": stage,
+                    "case": case,
+                    "proposals": source,
+                    "ms_per_image": backbone_ms + heads_ms,
+                    "heads_ms": heads_ms,
+                    "heads_ms_all": ts,
+                    "active_per_iteration": counts or None,
+                    "detections": dets,
+                    "profile_ms": stages,
+                    # what iterations 2..T cost (profile) and on which share of the proposals
+                    "iterations_after_first_ms": sum(
+                        v for k, v in stages.items() if k.endswith(("t2", "t3", "t4", "t5"))
+                    ),
+                    "active_fraction_after_first": (
+                        statistics.mean(counts[1:]) / counts[0] if len(counts) > 1 else None
+                    ),
+                }
+            )
+    for row in rows:
+        ref = {r["case"]: r["ms_per_image"] for r in rows if r["proposals"] == row["proposals"]}
+        row["ratio_to_T1"] = row["ms_per_image"] / ref["R2-IOS T=1"]
+        row["ratio_to_stock"] = row["ms_per_image"] / ref["stock heads"]
+    facts.update(
+        images=len(prepared),
+        dataset=inputs.dataset,
+        backbone_ms=backbone_ms,
+        repeats=repeats,
+        proposals_per_image=sum(len(p[3]["selective_search"]) for p in prepared) / len(prepared),
+    )
+    return rows, facts
+
+
+# ------------------------------------------------------------------------------- training
+def bench_demo_train(batches: List[List[dict]], *, device: str, repeats: int) -> List[dict]:
+    """Seconds per training step (forward + backward + optimizer step) of R2-IOS (stage-1
+    and stage-2 configs) and of the stock heads on the same ``batches``, round-robin over
+    ``repeats`` x batches; one row per model with ``step_ms`` (median), ``ratio_to_stock``
+    and ``profile_ms`` (ms per step: backbone and roi_heads forward, backward, optimizer
+    step)."""
+    from ..engine.optimizer import build_r2ios_optimizer
+
+    nets, optims = {}, {}
+    for name in ("stock", "stage1", "stage2"):
+        cfg = demo_cfg(name, device)
+        torch.manual_seed(0)
+        nets[name] = build_model(cfg).train()
+        optims[name] = build_r2ios_optimizer(cfg, nets[name])
+
+    def step(name: str, batch: List[dict], profile: Optional[StageProfile] = None) -> float:
+        net, opt = nets[name], optims[name]
+        torch.manual_seed(0)  # the same RoI sampling every time
+        sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with EventStorage():
+            total = sum(net(batch).values())
+        if profile is None:
+            total.backward()
+            opt.step()
+        else:
+            with profile.time("backward"):
+                total.backward()
+            with profile.time("optimizer_step"):
+                opt.step()
+        sync(device)
+        return time.perf_counter() - t0
+
+    for name in nets:  # warm-up
+        step(name, batches[0])
+    times: Dict[str, List[float]] = {n: [] for n in nets}
+    for _ in tqdm(range(repeats), desc="demo train", leave=False):
+        for batch in batches:
+            for name in nets:
+                times[name].append(step(name, batch))
+    profiles = {}
+    for name, net in nets.items():
+        profile = StageProfile(device, {"backbone": net.backbone, "roi_heads": net.roi_heads})
+        with profile:
+            for batch in batches:
+                profile.new_pass()
+                step(name, batch, profile)
+        profiles[name] = {k.replace(" t1", ""): v for k, v in profile.per_pass().items()}
+    rows = []
+    for name in nets:
+        cfg = demo_cfg(name, device)
+        rows.append(
+            {
+                "model": name,
+                "config": DEMO_CONFIGS[name],
+                "T": cfg.MODEL.R2IOS.NUM_ITERATIONS if name != "stock" else None,
+                "gate": cfg.MODEL.R2IOS.GATE if name != "stock" else None,
+                "images_per_step": sum(len(b) for b in batches) / len(batches),
+                "step_ms": 1000 * statistics.median(times[name]),
+                "step_ms_all": [1000 * t for t in times[name]],
+                "profile_ms": profiles[name],
+            }
+        )
+    for row in rows:
+        row["ratio_to_stock"] = row["step_ms"] / rows[0]["step_ms"]
+    return rows
