@@ -47,9 +47,9 @@ model.roi_heads = L(StandardROIHeads)(
     ),
 )
 
-train.max_iter = 300
-lr_multiplier.scheduler.milestones = [240]
-lr_multiplier.warmup_length = 20 / 300
+train.max_iter = 1300
+lr_multiplier.scheduler.milestones = [1040]
+lr_multiplier.warmup_length = 50 / 1300
 train.output_dir = "output/lazy/real_mask_rcnn_heads"
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -1,6 +1,7 @@
 # R2-IOS stage 1 on real photographs (= configs/real/r2ios_vgg16_real_stage1.yaml, where each
 # budget choice is explained): the 20 PASCAL VOC classes of COCO photos, selective-search
-# proposals, VGG-16 convs from HED (`make weights`), AdamW, 200 iterations on the CPU.
+# proposals, VGG-16 convs from HED (`make weights`) frozen and their features cached, AdamW,
+# 1000 iterations on the CPU.
 # Register the datasets on the command line:
 #   python tools/lazyconfig_train_net.py --config-file configs/lazy/real_r2ios_stage1.py \
 #     --coco-categories voc --register-coco tiny_coco_voc_train JSON IMAGES \
@@ -17,7 +18,9 @@ from .models.r2ios_vgg16 import model
 _SEG_FC_DIM = 256  # random either way (HED has no fc): DeepLab's 1024 costs 4x more
 _FC_DIM = 1024  # random fc6/fc7 (HED has no fc): 4x cheaper per RoI than VGG's 4096
 
-model.backbone.freeze_at = 3  # conv1-conv3 fixed
+model.backbone.freeze_at = 5  # conv1-conv5 fixed, their features computed once per photo
+model.backbone.frozen_feature_cache_mb = 4096
+model.backbone.frozen_feature_cache_dir = "output/lazy/real_frozen_features"
 model.backbone.seg_fc_dim = _SEG_FC_DIM
 _heads = model.roi_heads
 _heads.box_pooler.pooler_type = "ROIAlignV2"  # objects are small at 320 px
@@ -51,9 +54,9 @@ optimizer.weight_decay = 0.0001
 optimizer.params.pretrained_lr_factor = 0.1
 optimizer.params.pretrained_prefixes = ["backbone.conv", "backbone.det_conv", "backbone.seg_conv"]
 
-train.max_iter = 200
-lr_multiplier.scheduler.milestones = [160]
-lr_multiplier.warmup_length = 20 / 200
+train.max_iter = 1000
+lr_multiplier.scheduler.milestones = [800]
+lr_multiplier.warmup_length = 50 / 1000
 train.init_checkpoint = "checkpoints/vgg16_hed_r2ios_init.pth"  # make weights
 train.device = "cpu"
 train.checkpointer.period = 100000

@@ -7,8 +7,8 @@ model.roi_heads.test_gate = True
 
 optimizer.lr = 0.00003
 train.init_checkpoint = "output/lazy/real_r2ios_stage1/model_final.pth"
-train.max_iter = 100
-lr_multiplier.scheduler.milestones = [80]
+train.max_iter = 300
+lr_multiplier.scheduler.milestones = [240]
 lr_multiplier.warmup_length = 0.0
 train.output_dir = "output/lazy/real_r2ios_stage2"
 

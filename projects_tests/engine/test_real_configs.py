@@ -78,7 +78,13 @@ def test_real_rows_share_iterations_and_budget_keys():
         _yacs("r2ios_vgg16_real_scratch.yaml"),
     )
     total = s1.SOLVER.MAX_ITER + s2.SOLVER.MAX_ITER
-    assert heads.SOLVER.MAX_ITER == scratch.SOLVER.MAX_ITER == total
+    assert heads.SOLVER.MAX_ITER == total
+    # From scratch nothing is frozen or cached: it gets the CPU time, not the iterations.
+    assert 0 < scratch.SOLVER.MAX_ITER <= total
+    assert scratch.MODEL.VGG.FROZEN_FEATURE_CACHE_MB == 0
+    for cfg in (s1, s2, heads):  # the same frozen convs, so the same cached features
+        assert cfg.MODEL.BACKBONE.FREEZE_AT == 5 and cfg.MODEL.VGG.FROZEN_FEATURE_CACHE_MB > 0
+        assert cfg.MODEL.VGG.FROZEN_FEATURE_CACHE_DIR == s1.MODEL.VGG.FROZEN_FEATURE_CACHE_DIR
     for cfg in (s2, heads, scratch):
         for key in ("INPUT.MIN_SIZE_TRAIN", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
                     "MODEL.ROI_BOX_HEAD.FC_DIM", "SOLVER.OPTIMIZER", "DATASETS.TRAIN",
@@ -136,6 +142,7 @@ def test_real_stage1_trains_on_two_registered_coco_sets(tmp_path, monkeypatch):
         "DATASETS.TRAIN", str(tuple(sets)), "DATASETS.TEST", "()",
         "DATASETS.PROPOSAL_DIRS_TRAIN", str(tuple(proposal_dirs)),
         "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
+        "MODEL.VGG.FROZEN_FEATURE_CACHE_DIR", str(tmp_path / "features"),
         "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     config = os.path.join(REPO, "configs", "real", "r2ios_vgg16_real_stage1.yaml")
@@ -144,3 +151,8 @@ def test_real_stage1_trains_on_two_registered_coco_sets(tmp_path, monkeypatch):
     assert len({d["image_id"] for n in sets for d in DatasetCatalog.get(n)}) == 2
     last = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()][-1]
     assert math.isfinite(last["total_loss"]) and last["iteration"] == 1
+    # conv1-conv5 frozen: each (photo, flip) drawn had its features cached on disk.
+    assert {p.name.rsplit("_", 1)[1] for p in (tmp_path / "features").rglob("*.npy")} == {
+        "det.npy",
+        "seg.npy",
+    }
