@@ -4,9 +4,11 @@
 1449 images of 500 x 375, a few GT instances per image (random star-shaped blobs, 20 classes),
 100 detections per image (jittered copies of the GT, random blobs and boxes elsewhere). Stages:
 
-* ``process``: ``SDSEvaluator.process`` on dense (100, 375, 500) bool ``pred_masks`` (the RLE
-  encoding done during inference); building the dense masks is not timed.
-* ``mask IoU``: one (R, G) RLE IoU matrix per image.
+* ``process``: ``SDSEvaluator.process`` on dense (100, 375, 500) bool ``pred_masks``, C-contiguous
+  as ``detector_postprocess`` pastes them (the RLE encoding done during inference); building the
+  dense masks is not timed.
+* ``mask IoU``: one (R, G) RLE IoU matrix per image, of the same-class pairs as ``evaluate()``
+  computes them.
 * ``match + AP``: matching and AP at the nine thresholds 0.1 ... 0.9 from those matrices.
 * ``evaluate()``: the whole ``SDSEvaluator.evaluate`` (GT conversion, mask and box IoU, matching,
   AP, tables), without and with saving the predictions JSON.
@@ -55,6 +57,8 @@ from r2ios_d2.evaluation import SDSEvaluator, evaluate_from_ious, mask_iou_rle  
 
 H, W = 375, 500
 NUM_CLASSES = 20
+PROCESS = "process (dense -> RLE)"
+EVALUATE = "evaluate() (mask + box, no save)"
 
 
 def blob_polygon(rng: np.random.RandomState, cx: float, cy: float, r: float) -> List[float]:
@@ -154,7 +158,8 @@ def pred_instances(pred: Dict[str, Any]) -> Instances:
     """One image's predictions as detectron2 Instances with dense (R, H, W) bool masks."""
     masks = mask_util.decode(pred["rles"])  # (H, W, R) uint8, not timed
     inst = Instances((H, W))
-    inst.pred_masks = torch.from_numpy(masks.transpose(2, 0, 1).astype(bool))
+    # (R, H, W) row-major, like the model's pasted masks (the decoded layout is column-major).
+    inst.pred_masks = torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1), dtype=bool))
     inst.scores = torch.from_numpy(pred["scores"])
     inst.pred_classes = torch.from_numpy(pred["classes"])
     inst.pred_boxes = Boxes(torch.from_numpy(pred["boxes"]))
@@ -180,7 +185,10 @@ def time_core(
     gt_rles = [[a["segmentation"] for a in r["annotations"]] for r in records]
     gt_labels = [np.array([a["category_id"] for a in r["annotations"]]) for r in records]
     s = time.perf_counter()
-    ious = [mask_iou_rle(p["rles"], g) for p, g in zip(preds, gt_rles)]
+    ious = [
+        mask_iou_rle(p["rles"], g, pred_labels=p["classes"], gt_labels=lab)
+        for p, g, lab in zip(preds, gt_rles, gt_labels)
+    ]
     timings["mask IoU (all images)"] = time.perf_counter() - s
     s = time.perf_counter()
     core = evaluate_from_ious(
@@ -200,7 +208,7 @@ def time_evaluate(
     """Time ``evaluate()`` without and with saving into ``timings``; returns (results, JSON MiB)."""
     s = time.perf_counter()
     results = evaluator.evaluate()
-    timings["evaluate() (mask + box, no save)"] = time.perf_counter() - s
+    timings[EVALUATE] = time.perf_counter() - s
     with tempfile.TemporaryDirectory() as d:
         evaluator._output_dir = d
         s = time.perf_counter()
@@ -228,6 +236,10 @@ def print_report(
         f"{os.cpu_count()} cores visible, single-threaded)"
     )
     print(tabulate(rows, headers=["stage", "seconds", "ms / image"], floatfmt=".3f"))
+    print(
+        f"process(): {1000 * timings[PROCESS] / n_img:.2f} ms / image; "
+        f"evaluate(): {timings[EVALUATE]:.3f} s"
+    )
     print(f"predictions JSON: {json_mb:.1f} MiB; synthetic data generation: {t_gen:.1f} s")
     print(
         f"APr50 {results['segm']['APr50']:.2f}  APr70 {results['segm']['APr70']:.2f}  "
@@ -251,6 +263,8 @@ def summary(
         "num_gt": int(num_gt),
         "seconds": timings,
         "ms_per_image": {k: 1000 * v / n_img for k, v in timings.items()},
+        "process_ms_per_image": 1000 * timings[PROCESS] / n_img,
+        "evaluate_seconds": timings[EVALUATE],
         "predictions_json_mib": json_mb,
         "machine": {
             "cpu": cpu_name(),
@@ -279,7 +293,7 @@ def main() -> None:
     timings: Dict[str, float] = {}
     evaluator = SDSEvaluator(name, distributed=False)
     evaluator.reset()
-    timings["process (dense -> RLE)"] = time_process(evaluator, records, preds)
+    timings[PROCESS] = time_process(evaluator, records, preds)
     gt_rles, core = time_core(records, preds, timings)  # functional core, stage by stage
     results, json_mb = time_evaluate(evaluator, timings)
 

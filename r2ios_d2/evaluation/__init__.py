@@ -1,10 +1,11 @@
 """AP^r evaluation (Hariharan et al. SDS metric): a functional core and a detectron2 evaluator.
 
 Modules, one concern each: ``instance_ap`` (matching and AP from IoU matrices; the conventions),
-``mask_iou`` (mask IoU on RLEs, void handling), ``mask_ap`` (the entry points from masks),
-``scoring`` (GT from dataset dicts, scoring of per-image predictions), ``report`` (results
-dicts and tables), ``prediction_files`` (saved predictions) and ``sds`` (``SDSEvaluator``).
-Box IoU and mask RLE encoding are :mod:`r2ios_d2.utils`'.
+``mask_encoding`` (dense masks to RLE, reading mostly the pixels near their boxes), ``mask_iou``
+(mask IoU on RLEs, void handling), ``mask_ap`` (the entry points from masks), ``scoring`` (GT
+from dataset dicts, scoring of per-image predictions), ``report`` (results dicts and tables),
+``prediction_files`` (saved predictions) and ``sds`` (``SDSEvaluator``). Box IoU and plain mask
+RLE encoding are :mod:`r2ios_d2.utils`'.
 """
 
 from ..utils import box_iou, encode_masks
@@ -20,6 +21,7 @@ from .mask_ap import (
     eval_instance_segmentation_voc_rle,
     evaluate_all,
 )
+from .mask_encoding import encode_masks_in_boxes
 from .mask_iou import VOID_MODES, mask_iou_rle
 from .prediction_files import load_predictions, save_predictions
 from .report import format_results, results_table
@@ -34,6 +36,7 @@ __all__ = [
     "average_precision",
     "box_iou",
     "encode_masks",
+    "encode_masks_in_boxes",
     "eval_instance_segmentation_voc",
     "eval_instance_segmentation_voc_rle",
     "evaluate_all",

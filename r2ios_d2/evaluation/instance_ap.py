@@ -41,6 +41,7 @@ Conventions (shared by every function of the evaluation package):
 from __future__ import annotations
 
 import warnings
+from bisect import bisect_left
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -96,8 +97,10 @@ def match_image(
         pred_labels[:, None] == gt_labels[None, :], np.asarray(ious, dtype=np.float64), -np.inf
     )
     order = np.argsort(-np.asarray(pred_scores, dtype=np.float64), kind="stable")
-    match = _match_voc if matching == "voc" else _match_sds
-    match(iou, order, thr, tp)
+    if matching == "voc":
+        _match_voc(iou, order, thr, tp)
+    else:
+        _match_sds([(iou, order)], thr, tp)
     return tp
 
 
@@ -121,10 +124,127 @@ def _match_voc(iou: np.ndarray, order: np.ndarray, thr: np.ndarray, tp: np.ndarr
         tp[t, order[idx[first]]] = True
 
 
-def _match_sds(iou: np.ndarray, order: np.ndarray, thr: np.ndarray, tp: np.ndarray) -> None:
-    """``"sds"`` matching of one image into ``tp`` (T, R), in place: greedy, each detection in
-    score ``order`` takes the best still-unmatched GT of its class (arguments as
-    :func:`_match_voc`'s)."""
+def _match_sds(
+    images: Sequence[Tuple[np.ndarray, np.ndarray]], thr: np.ndarray, tp: np.ndarray
+) -> None:
+    """``"sds"`` matching of several images into ``tp`` (T, D), in place: greedy, each detection
+    in score order takes the best still-unmatched GT of its class.
+
+    Detections that can match nowhere are skipped. A GT instance that only detections without
+    another candidate can take (the common case) goes, at each threshold, to the first of them
+    above it (:func:`_match_alone`, all images at once); the others go through
+    :func:`_match_greedy`.
+
+    Args:
+        images: per image, (R_i, G_i) IoU with -inf between different classes, and (R_i,) its
+            detections by decreasing score; their D = sum R_i detections are the columns of
+            ``tp``, image after image.
+        thr: (T,) thresholds.
+        tp: (T, D) bool, set in place.
+    """
+    if thr.shape[0] == 0:
+        return
+    nan_thr = bool(np.isnan(thr).any())
+    thr_min = thr.min()
+    alone: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    det0 = gt0 = 0
+    for iou, order in images:
+        r, g = iou.shape
+        if r and g:
+            row_max = iou.max(axis=1)
+            if nan_thr or np.isnan(row_max).any():
+                _match_sds_per_threshold(iou, order, thr, tp[:, det0 : det0 + r])
+            else:
+                rows = order[row_max[order] > thr_min]  # the others are FPs everywhere
+                sub = iou[rows]
+                # A GT instance at or below every threshold for a detection is never its match.
+                cand = sub > thr_min
+                shared = cand.sum(axis=1) > 1
+                if shared.any():
+                    crowded = (cand & shared[:, None]).any(axis=0)
+                    greedy = (cand & crowded[None, :]).any(axis=1)
+                    sub_g = np.where(cand[greedy], sub[greedy], -np.inf)
+                    _match_greedy(sub_g, rows[greedy] + det0, thr, tp)
+                    rows, sub = rows[~greedy], sub[~greedy]
+                gt = sub.argmax(axis=1)
+                alone.append((rows + det0, gt + gt0, sub[np.arange(len(gt)), gt]))
+        det0 += r
+        gt0 += g
+    if alone:
+        _match_alone(*(np.concatenate(x) for x in zip(*alone)), thr, tp)
+
+
+def _match_alone(
+    rows: np.ndarray, gt: np.ndarray, iou: np.ndarray, thr: np.ndarray, tp: np.ndarray
+) -> None:
+    """SDS matching of detections with a single candidate GT instance each, which no other
+    detection shares with a second candidate: at each threshold, the first of its detections
+    (in score order) above the threshold takes it.
+
+    Args:
+        rows: (P,) columns of ``tp`` of the detections, in score order within each GT instance;
+        gt: (P,) their GT instance (any id); iou: (P,) their IoU with it; thr: (T,);
+        tp: (T, D), set in place.
+    """
+    by_gt = np.argsort(gt, kind="stable")
+    rows, gt, iou = rows[by_gt], gt[by_gt], iou[by_gt]
+    above = iou[None, :] > thr[:, None]  # (T, P)
+    seen = np.zeros((above.shape[0], above.shape[1] + 1), dtype=np.int64)
+    np.cumsum(above, axis=1, out=seen[:, 1:])
+    new_gt = np.ones(len(gt), dtype=bool)
+    new_gt[1:] = gt[1:] != gt[:-1]
+    first_of_gt = np.maximum.accumulate(np.where(new_gt, np.arange(len(gt)), 0))
+    # The first detection above the threshold of its GT instance: one seen since it started.
+    t_idx, p_idx = np.nonzero(above & (seen[:, 1:] - seen[:, first_of_gt] == 1))
+    tp[t_idx, rows[p_idx]] = True
+
+
+def _match_greedy(sub: np.ndarray, rows: np.ndarray, thr: np.ndarray, tp: np.ndarray) -> None:
+    """SDS matching of detections in score order, each taking its best unmatched GT instance.
+
+    The thresholds that have matched the same GT instances so far behave alike, and they form
+    runs of the sorted thresholds (a detection whose best unmatched IoU is v splits a run into
+    the thresholds below v, where it matches, and the others), so each detection visits a few
+    runs instead of every threshold.
+
+    Args:
+        sub: (S, G) IoU, -inf where the GT instance is no candidate; rows: (S,) their columns
+        of ``tp``, in score order; thr: (T,); tp: (T, D), set in place.
+    """
+    t_order = np.argsort(thr, kind="stable")
+    thr_sorted = thr[t_order].tolist()
+    # Each row's GT instances by decreasing IoU, the lower index first among equals (argmax's
+    # rule); the others (-inf) are dropped.
+    gts = np.argsort(-sub, axis=1, kind="stable")
+    vals = np.take_along_axis(sub, gts, axis=1)
+    n_cand = np.count_nonzero(vals > -np.inf, axis=1).tolist()
+    cands = [list(zip(g[:m], v[:m])) for g, v, m in zip(gts.tolist(), vals.tolist(), n_cand)]
+    runs = [(0, len(thr_sorted), 0)]  # (first, end) in sorted thresholds, matched GT bitmask
+    hits = []
+    for i, cand in enumerate(cands):
+        split = []
+        for lo, hi, matched in runs:
+            for j, v in cand:
+                if not (matched >> j) & 1:
+                    k = bisect_left(thr_sorted, v, lo, hi)  # thresholds lo..k-1 are below v
+                    if k > lo:
+                        hits.append((i, lo, k))
+                        split.append((lo, k, matched | (1 << j)))
+                    if k < hi:
+                        split.append((k, hi, matched))
+                    break
+            else:  # every GT instance of its class is matched at these thresholds: a FP
+                split.append((lo, hi, matched))
+        runs = split
+    for i, lo, k in hits:
+        tp[t_order[lo:k], rows[i]] = True
+
+
+def _match_sds_per_threshold(
+    iou: np.ndarray, order: np.ndarray, thr: np.ndarray, tp: np.ndarray
+) -> None:
+    """:func:`_match_sds` one detection at a time, all thresholds at once: the plain form of the
+    rule, used when an IoU or a threshold is NaN (a detection with a NaN IoU never matches)."""
     n_t = thr.shape[0]
     row_max = iou.max(axis=1)
     thr_min = thr.min()
@@ -251,16 +371,17 @@ def _match_all(
     matching: str,
     num_classes: int,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`match_image` on every image (arguments as :func:`evaluate_from_ious`'s, ``thr``
-    (T,) float64).
+    """:func:`match_image`'s labelling of every image, the SDS rule for all images at once
+    (arguments as :func:`evaluate_from_ious`'s, ``thr`` (T,) float64).
 
     Returns:
         ``tp`` (T, D) bool, ``scores`` (D,) float64 and ``labels`` (D,) int64 of the D
         detections of all images in input order, and ``n_pos`` (K,) GT instances per class.
     """
+    if matching not in MATCHING_RULES:
+        raise ValueError(f"matching must be one of {MATCHING_RULES}, got {matching!r}")
     n_t = thr.shape[0]
-    all_tp, all_scores, all_labels = [], [], []
-    n_pos = np.zeros(num_classes, dtype=np.int64)
+    images = []
     for iou, pl, ps, gl in zip(ious, pred_labels, pred_scores, gt_labels):
         pl = np.asarray(pl, dtype=np.int64).reshape(-1)
         ps = np.asarray(ps, dtype=np.float64).reshape(-1)
@@ -268,17 +389,27 @@ def _match_all(
         if len(pl) != len(ps):
             raise ValueError(f"{len(pl)} labels but {len(ps)} scores")
         iou = np.asarray(iou, dtype=np.float64).reshape(len(pl), len(gl))
-        if (pl.size and (pl.min() < 0 or pl.max() >= num_classes)) or (
-            gl.size and (gl.min() < 0 or gl.max() >= num_classes)
-        ):
+        images.append((iou, pl, ps, gl))
+    labels = np.concatenate([im[1] for im in images]) if images else np.zeros(0, np.int64)
+    scores = np.concatenate([im[2] for im in images]) if images else np.zeros(0)
+    gts = np.concatenate([im[3] for im in images]) if images else np.zeros(0, np.int64)
+    for lab in (labels, gts):
+        if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes})")
-        n_pos += np.bincount(gl, minlength=num_classes)
-        all_tp.append(match_image(iou, pl, ps, gl, thr, matching))
-        all_scores.append(ps)
-        all_labels.append(pl)
-    tp = np.concatenate(all_tp, axis=1) if all_tp else np.zeros((n_t, 0), dtype=bool)
-    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    labels = np.concatenate(all_labels) if all_labels else np.zeros(0, dtype=np.int64)
+    n_pos = np.bincount(gts, minlength=num_classes)
+    tp = np.zeros((n_t, len(labels)), dtype=bool)
+    masked = []  # per image: IoU with -inf between classes, detections by score
+    for iou, pl, ps, gl in images:
+        iou = np.where(pl[:, None] == gl[None, :], iou, -np.inf)
+        masked.append((iou, np.argsort(-ps, kind="stable")))
+    if matching == "voc":
+        start = 0
+        for iou, order in masked:
+            if iou.size:
+                _match_voc(iou, order, thr, tp[:, start : start + iou.shape[0]])
+            start += iou.shape[0]
+    else:
+        _match_sds(masked, thr, tp)
     return tp, scores, labels, n_pos
 
 
@@ -306,11 +437,33 @@ def _pr_curves(
         cfp = np.cumsum(~tp_k, axis=1)
         prec = ctp / np.maximum(ctp + cfp, 1)
         rec = ctp / n_pos[k]
+        ap[:, k] = _average_precisions(prec, rec, use_07_metric)
         for t in range(n_t):
             precisions[t][k] = prec[t]
             recalls[t][k] = rec[t]
-            ap[t, k] = average_precision(prec[t], rec[t], use_07_metric)
     return ap, precisions, recalls
+
+
+def _average_precisions(
+    precision: np.ndarray, recall: np.ndarray, use_07_metric: bool
+) -> np.ndarray:
+    """:func:`average_precision` of T curves at once, (T, N) each -> (T,) float64, with the
+    same floating-point operations per curve (hence the same values)."""
+    n_t = precision.shape[0]
+    if use_07_metric:
+        ap = np.zeros(n_t)
+        for t in np.linspace(0.0, 1.0, 11):
+            best = np.where(recall >= t, precision, -np.inf).max(axis=1, initial=-np.inf)
+            ap += np.where(best > -np.inf, best, 0.0) / 11.0
+        return ap
+    zeros = np.zeros((n_t, 1))
+    mrec = np.concatenate((zeros, recall, zeros + 1.0), axis=1)
+    mpre = np.concatenate((zeros, precision, zeros), axis=1)
+    mpre = np.maximum.accumulate(mpre[:, ::-1], axis=1)[:, ::-1]
+    gain = (mrec[:, 1:] - mrec[:, :-1]) * mpre[:, 1:]
+    step = mrec[:, 1:] != mrec[:, :-1]
+    # One sum per curve over its steps only, as average_precision adds them.
+    return np.array([float(np.sum(g[s])) for g, s in zip(gain, step)])
 
 
 def threshold_sets(

@@ -39,19 +39,32 @@ def save_predictions(
                 "height": int(p["height"]),
                 "width": int(p["width"]),
                 "instances": [
-                    {
-                        "category_id": int(c),
-                        "score": float(s) if np.isfinite(s) else None,
-                        "bbox": [float(x) if np.isfinite(x) else None for x in b],
-                        "segmentation": rle_to_json(m),
-                    }
-                    for c, s, b, m in zip(p["classes"], p["scores"], p["boxes"], p["masks"])
+                    {"category_id": c, "score": s, "bbox": b, "segmentation": rle_to_json(m)}
+                    for c, s, b, m in zip(
+                        np.asarray(p["classes"]).astype(np.int64).reshape(-1).tolist(),
+                        _finite_or_none(p["scores"]),
+                        _finite_or_none(np.asarray(p["boxes"]).reshape(-1, 4)),
+                        p["masks"],
+                    )
                 ],
             }
             for p in predictions
         ],
     }
     atomic_write_json(doc, path, sanitize=False)
+
+
+def _finite_or_none(values: Any) -> list:
+    """An array (any shape) as nested lists of Python floats, None for NaN / inf (strict JSON)."""
+    a = np.asarray(values, dtype=np.float64)
+    out = a.tolist()
+    if not np.isfinite(a).all():
+        bad = ~np.isfinite(a)
+        if a.ndim == 1:
+            out = [None if m else x for x, m in zip(out, bad.tolist())]
+        else:
+            out = [[None if m else x for x, m in zip(r, mr)] for r, mr in zip(out, bad.tolist())]
+    return out
 
 
 def load_predictions(path: str) -> Dict[str, Any]:

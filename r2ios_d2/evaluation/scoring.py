@@ -197,16 +197,29 @@ def _per_image_ious(
             continue
         g = gt[img_id]
         masks = list(p["masks"])
+        size = [g["height"], g["width"]]
         for m in masks:
-            if tuple(m["size"]) != (g["height"], g["width"]):
+            s = m["size"]
+            if not (type(s) is list and s == size) and tuple(s) != tuple(size):
                 raise ValueError(
                     f"image {img_id!r}: predicted mask size {tuple(m['size'])} != image size "
                     f"{(g['height'], g['width'])}; masks must be pasted at the original size "
                     "(detector_postprocess)"
                 )
-        mask_ious.append(mask_iou_rle(masks, g["masks"], g["void"], void_mode))
+        labels = np.asarray(p["classes"], dtype=np.int64).reshape(-1)
+        # Matching never pairs two classes: the other pairs' mask IoU is not needed.
+        mask_ious.append(
+            mask_iou_rle(
+                masks,
+                g["masks"],
+                g["void"],
+                void_mode,
+                pred_labels=labels,
+                gt_labels=g["labels"],
+            )
+        )
         box_ious.append(box_iou(np.asarray(p["boxes"], dtype=np.float64), g["boxes"]))
-        p_labels.append(np.asarray(p["classes"], dtype=np.int64).reshape(-1))
+        p_labels.append(labels)
         p_scores.append(np.asarray(p["scores"], dtype=np.float64).reshape(-1))
         g_labels.append(g["labels"])
     return mask_ious, box_ious, p_labels, p_scores, g_labels
