@@ -11,7 +11,8 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Boxes, Instances
+from evaluation_utils import gt_annotation
 
 from r2ios_d2.evaluation import (
     SDSEvaluator,
@@ -155,18 +156,7 @@ def make_images(seed: int = 0, n_images: int = 12) -> list:
 def records(images: list) -> list:
     out = []
     for i, im in enumerate(images):
-        anns = []
-        for m, lab in zip(im["gt_masks"], im["gt_labels"]):
-            rle = encode_masks(m[None])[0]
-            ys, xs = np.nonzero(m)
-            anns.append(
-                {
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                    "category_id": int(lab),
-                    "bbox": [float(xs.min()), float(ys.min()), xs.max() + 1.0, ys.max() + 1.0],
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                }
-            )
+        anns = [gt_annotation(m, lab) for m, lab in zip(im["gt_masks"], im["gt_labels"])]
         rec = {"file_name": f"{i}.png", "image_id": i, "height": H, "width": W}
         rec["annotations"] = anns
         if im["void"].any():

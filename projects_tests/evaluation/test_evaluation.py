@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Boxes, Instances
+from evaluation_utils import gt_annotation
 
 from r2ios_d2.evaluation import (
     SDSEvaluator,
@@ -282,18 +283,7 @@ def make_data(seed: int = 0, n_images: int = 6):
         if i % 2 == 0:  # a void band along the border of every other GT mask
             for m in gm:
                 void |= np.roll(m, 1, axis=1) & ~gm.any(0)
-        anns = []
-        for m, lab in zip(gm, gls):
-            rle = encode_masks(m[None])[0]
-            ys, xs = np.nonzero(m)
-            anns.append(
-                {
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                    "category_id": int(lab),
-                    "bbox": [float(xs.min()), float(ys.min()), xs.max() + 1.0, ys.max() + 1.0],
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                }
-            )
+        anns = [gt_annotation(m, lab) for m, lab in zip(gm, gls)]
         rec = {
             "file_name": f"img{i}.png",
             "image_id": i,

@@ -213,19 +213,20 @@ def _inference_goals(result: dict, width: float) -> List[dict]:
     ratio = inf(4, n)["total_ms"] / inf(1, n)["total_ms"]
     heads_ratio = inf(4, n)["heads_ms"] / inf(1, n)["heads_ms"]
     to_stock = inf(4, n)["total_ratio_to_baseline"]
+    where = f"{device}, width {width:g}, {n} proposals, random weights, per image incl. backbone"
     goals = [
-        {
-            "goal": f"inference T=4 ≤ 1.1× T=1 ({device}, width {width:g}, {n} proposals, "
-            "random weights, per image incl. backbone, skip bg on)",
-            "measured": f"{ratio:.2f}× (heads only {heads_ratio:.2f}×)",
-            "met": ratio <= 1.1,
-        },
-        {
-            "goal": f"inference T=4 ≤ 1.0× stock heads ({device}, width {width:g}, {n} "
-            "proposals, random weights, per image incl. backbone)",
-            "measured": f"{to_stock:.2f}× (heads only {inf(4, n)['heads_ratio_to_baseline']:.2f}×)",
-            "met": to_stock <= 1.0,
-        },
+        _ratio_goal(
+            f"inference T=4 ≤ 1.1× T=1 ({where}, skip bg on)",
+            ratio,
+            1.1,
+            f" (heads only {heads_ratio:.2f}×)",
+        ),
+        _ratio_goal(
+            f"inference T=4 ≤ 1.0× stock heads ({where})",
+            to_stock,
+            1.0,
+            f" (heads only {inf(4, n)['heads_ratio_to_baseline']:.2f}×)",
+        ),
     ]
     if device.startswith("cuda") and width == 1.0:
         row = inf(4, n)
@@ -248,6 +249,11 @@ def _inference_goals(result: dict, width: float) -> List[dict]:
     return goals
 
 
+def _ratio_goal(goal: str, ratio: float, limit: float, extra: str = "") -> dict:
+    """A goal "ratio ≤ limit", measured ``ratio`` (``extra`` appended to the measured text)."""
+    return {"goal": goal, "measured": f"{ratio:.2f}×{extra}", "met": ratio <= limit}
+
+
 def _train_goals(result: dict, width: float) -> List[dict]:
     """Train step T=4 vs T=1 at ``width``, gate off and on."""
     rows = [r for r in result["train"] if r["width"] == width and r["method"] == "R2-IOS"]
@@ -255,13 +261,9 @@ def _train_goals(result: dict, width: float) -> List[dict]:
     for gate in (False, True):
         r4 = next((r for r in rows if r["T"] == 4 and r["gate"] == gate), None)
         if r4:
+            where = f"{result['device']}, width {width:g}, gate {'on' if gate else 'off'}"
             goals.append(
-                {
-                    "goal": f"train step T=4 ≤ 1.8× T=1 ({result['device']}, width {width:g}, "
-                    f"gate {'on' if gate else 'off'})",
-                    "measured": f"{r4['ratio_to_T1']:.2f}×",
-                    "met": r4["ratio_to_T1"] <= 1.8,
-                }
+                _ratio_goal(f"train step T=4 ≤ 1.8× T=1 ({where})", r4["ratio_to_T1"], 1.8)
             )
     return goals
 
@@ -273,32 +275,20 @@ def _demo_goals(result: dict) -> List[dict]:
     for r in demo.get("inference", []):
         if r["case"] != "R2-IOS T=4":
             continue
-        where = f"{device}, trained demo {r['stage']}, {r['proposals']} proposals"
+        where = (
+            f"{device}, trained demo {r['stage']}, {r['proposals']} proposals, "
+            "per image incl. backbone"
+        )
         if r["proposals"] == "selective_search":
-            goals.append(
-                {
-                    "goal": f"inference T=4 ≤ 1.1× T=1 ({where}, per image incl. backbone)",
-                    "measured": f"{r['ratio_to_T1']:.2f}×",
-                    "met": r["ratio_to_T1"] <= 1.1,
-                }
-            )
+            goals.append(_ratio_goal(f"inference T=4 ≤ 1.1× T=1 ({where})", r["ratio_to_T1"], 1.1))
         goals.append(
-            {
-                "goal": f"inference T=4 ≤ 1.0× stock heads ({where}, per image incl. backbone)",
-                "measured": f"{r['ratio_to_stock']:.2f}×",
-                "met": r["ratio_to_stock"] <= 1.0,
-            }
+            _ratio_goal(f"inference T=4 ≤ 1.0× stock heads ({where})", r["ratio_to_stock"], 1.0)
         )
     for r in demo.get("train", []):
         if r["model"] != "stock":
-            goals.append(
-                {
-                    "goal": f"train step R2-IOS {r['model']} (T={r['T']}) ≤ 1.2× stock heads "
-                    f"({device}, demo config)",
-                    "measured": f"{r['ratio_to_stock']:.2f}×",
-                    "met": r["ratio_to_stock"] <= 1.2,
-                }
-            )
+            model = f"R2-IOS {r['model']} (T={r['T']})"
+            goal = f"train step {model} ≤ 1.2× stock heads ({device}, demo config)"
+            goals.append(_ratio_goal(goal, r["ratio_to_stock"], 1.2))
     return goals
 
 
