@@ -9,14 +9,17 @@ on the CPU budget of ``configs/real`` (each choice explained there). Phases, eac
 1. weights: the HED VGG-16 init checkpoint (``make weights``), made if missing;
 2. data: the datasets registered with the category subset; selective-search proposals of
    every image, cached under ``<work-dir>/proposals/<name>/``;
-3. trainings and evaluations, ``--jobs`` at a time, each a ``tools/train_net.py``
-   subprocess (logs under ``<work-dir>/logs/``): R2-IOS stage 1, stage 2 (gate), detectron2's
-   stock Mask R-CNN heads and R2-IOS from a random VGG-16, all for the same number of
-   iterations (stage 1 + stage 2), evaluated with AP^r (SDS) and COCO's AP on the val set;
-   ``--paper-literal`` adds R2-IOS trained with the paper's text taken literally;
-4. pictures: R2-IOS's masks on three val photos (``docs/images/real_*.png``; ``--quick``:
+3. frozen features: the frozen conv1-conv5 outputs of every training (photo, flip) and val
+   photo, computed once under ``<work-dir>/frozen_features/`` for every row that shares them;
+4. trainings and evaluations, ``--jobs`` at a time, each a ``tools/train_net.py``
+   subprocess (logs under ``<work-dir>/logs/``): R2-IOS stage 1, stage 2 (gate) and
+   detectron2's stock Mask R-CNN heads for the same number of iterations (stage 1 + stage 2),
+   R2-IOS from a random VGG-16 (every layer learns, nothing cached) for about the same CPU
+   time, evaluated with AP^r (SDS) and COCO's AP on the val set; ``--paper-literal`` adds
+   R2-IOS trained with the paper's text taken literally;
+5. pictures: R2-IOS's masks on three val photos (``docs/images/real_*.png``; ``--quick``:
    under the work dir), chosen among photos whose licence allows derivatives;
-5. ``benchmarks/results/real_photos[_quick][_<tag>].{json,md}``.
+6. ``benchmarks/results/real_photos[_quick][_<tag>].{json,md}``.
 
     python tools/benchmark.py --real                        # `make bench-real`, ~1 h, 2 cores
     python tools/benchmark.py --real --quick                # smoke run: 6 photos, a few steps
