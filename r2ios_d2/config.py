@@ -52,6 +52,9 @@ def _add_vgg_config(_C: CN) -> None:
 
 
 def _add_r2ios_model_config(_C: CN) -> None:
+    # Dropout after each fc ReLU of ROI_BOX_HEAD.NAME "VGGDropoutFCHead" in training (Fast
+    # R-CNN's VGG-16 fc6/fc7: 0.5).
+    _C.MODEL.ROI_BOX_HEAD.FC_DROPOUT = 0.5
     # ------------------------------------------------------------------------------ R2-IOS
     _C.MODEL.R2IOS = CN()
     # T: recursive iterations in training (paper: 4; 1 = "recursive only in testing").

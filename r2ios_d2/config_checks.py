@@ -161,6 +161,7 @@ RANGE_CHECKS = {
     "MODEL.VGG.OUT_FEATURES": _subset_check(("det", "seg")),
     "MODEL.VGG.SEG_FC_DROPOUT": _range_check(0, 1, high_open=True),
     "MODEL.VGG.FROZEN_FEATURE_CACHE_MB": _range_check(0, integer=True),
+    "MODEL.ROI_BOX_HEAD.FC_DROPOUT": _range_check(0, 1, high_open=True),
     "MODEL.ROI_HEADS.NUM_CLASSES": _range_check(1, integer=True),
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": _range_check(1, integer=True),
     "MODEL.ROI_HEADS.POSITIVE_FRACTION": _range_check(0, 1),

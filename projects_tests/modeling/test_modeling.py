@@ -786,3 +786,36 @@ def test_mask_heads_are_registered_and_the_heads_refuse_another():
                           pooler_type="ROIPool")  # fmt: skip
     with pytest.raises(ValueError, match="in_features"):
         InstanceAwareAEMaskHead({"seg": ShapeSpec(channels=8, stride=8)}, in_features=["p2"])
+
+
+def test_vgg_dropout_fc_head_is_the_stock_head_plus_dropout_in_training():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads import FastRCNNConvFCHead, build_box_head
+
+    from r2ios_d2.modeling import VGGDropoutFCHead
+
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "VGGDropoutFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.FC_DROPOUT = 0.5
+    shape = ShapeSpec(channels=8, height=7, width=7)
+    torch.manual_seed(0)
+    head = build_box_head(cfg, shape)
+    assert isinstance(head, VGGDropoutFCHead) and head.fc_dropout == 0.5
+    stock = FastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[64, 64])
+    stock.load_state_dict(head.state_dict())  # the same parameters, the same names
+    x = torch.randn(32, 8, 7, 7)
+    head.eval()
+    torch.testing.assert_close(head(x), stock(x))  # no dropout at test time
+    # In training, after each fc ReLU about half the units are dropped and the rest scaled by
+    # 2 (one fc layer: its output is exactly that).
+    one = VGGDropoutFCHead(shape, conv_dims=[], fc_dims=[64], fc_dropout=0.5).train()
+    one_stock = FastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[64])
+    one_stock.load_state_dict(one.state_dict())
+    y, ref = one(x), one_stock(x)
+    kept = ref > 0
+    assert 0.3 < (y[kept] == 0).float().mean() < 0.7
+    nonzero = y[kept] != 0
+    torch.testing.assert_close(y[kept][nonzero], 2 * ref[kept][nonzero])
+    assert not torch.equal(head.train()(x), head.eval()(x))
+    with pytest.raises(ValueError, match="FC_DROPOUT"):
+        VGGDropoutFCHead(shape, conv_dims=[], fc_dims=[4], fc_dropout=1.0)

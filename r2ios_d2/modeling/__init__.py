@@ -4,11 +4,12 @@
 - ``InstanceAwareAEMaskHead``, ``R2IOSConvMaskHead``, ``R2IOSFCMaskHead``
   (ROI_MASK_HEAD_REGISTRY; :class:`R2IOSMaskHead` is their base);
 - :class:`SegAwareFastRCNNOutputLayers`, the seg-aware box predictor;
+- ``VGGDropoutFCHead`` (ROI_BOX_HEAD_REGISTRY): fc6/fc7 with Fast R-CNN's dropout;
 - ``R2IOSROIHeads`` (ROI_HEADS_REGISTRY).
 """
 
 from .backbone_vgg import VGG16TwoBranch, build_r2ios_vgg_backbone
-from .box_head import SegAwareFastRCNNOutputLayers
+from .box_head import SegAwareFastRCNNOutputLayers, VGGDropoutFCHead
 from .mask_head import (
     InstanceAwareAEMaskHead,
     R2IOSConvMaskHead,
@@ -21,6 +22,7 @@ __all__ = [
     "VGG16TwoBranch",
     "build_r2ios_vgg_backbone",
     "SegAwareFastRCNNOutputLayers",
+    "VGGDropoutFCHead",
     "InstanceAwareAEMaskHead",
     "R2IOSConvMaskHead",
     "R2IOSFCMaskHead",

@@ -1,9 +1,11 @@
 """Refinement sub-network predictor of R2-IOS: the segmentation-aware Fast R-CNN outputs.
 
 The box head itself is detectron2's ``FastRCNNConvFCHead`` (``fc1`` / ``fc2`` = VGG fc6 / fc7
-on 7x7 pooled ``det`` features). This predictor classifies and regresses from the
-segmentation-aware feature ``concat(fc7, vec(v))`` (Sec. 3.2 of the paper), reusing
-detectron2's ``FastRCNNOutputLayers`` for the layers, the box transform and the losses.
+on 7x7 pooled ``det`` features), or :class:`VGGDropoutFCHead`, the same layers with dropout
+after each fc ReLU as in Fast R-CNN's VGG-16 (``ROI_BOX_HEAD.NAME: "VGGDropoutFCHead"``).
+This predictor classifies and regresses from the segmentation-aware feature
+``concat(fc7, vec(v))`` (Sec. 3.2 of the paper), reusing detectron2's ``FastRCNNOutputLayers``
+for the layers, the box transform and the losses.
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -12,12 +14,19 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_box_head
+from detectron2.modeling.roi_heads import (
+    ROI_BOX_HEAD_REGISTRY,
+    FastRCNNConvFCHead,
+    FastRCNNOutputLayers,
+    build_box_head,
+)
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = [
     "SEG_AWARE_INPUTS",
     "SegAwareFastRCNNOutputLayers",
+    "VGGDropoutFCHead",
     "build_r2ios_box_head",
     "scale_grad",
 ]
@@ -141,6 +150,48 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
                 v = (mask_softmax if reuse else v.softmax(dim=1)) - 0.5
             x = torch.cat([x, v.flatten(1) * self.seg_scale], dim=1)
         return super().forward(x)
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class VGGDropoutFCHead(FastRCNNConvFCHead):
+    """detectron2's ``FastRCNNConvFCHead`` with dropout after each fc layer's ReLU in training,
+    as VGG-16's fc6/fc7 in Fast R-CNN (and so in the paper's refinement sub-network: drop6,
+    drop7, p = 0.5). Parameters and their names are the parent's, so checkpoints load either
+    way; ``MODEL.ROI_BOX_HEAD.FC_DROPOUT`` sets p (0 = the parent exactly).
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, fc_dropout: float = 0.5, **kwargs: Any):
+        """
+        Args:
+            input_shape: (C, H, W) of the pooled features.
+            fc_dropout: dropout probability after each fc ReLU in training.
+            kwargs: ``FastRCNNConvFCHead``'s (``conv_dims``, ``fc_dims``, ``conv_norm``).
+        """
+        super().__init__(input_shape, **kwargs)
+        if not 0.0 <= fc_dropout < 1.0:
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.FC_DROPOUT must be in [0, 1), got {fc_dropout}")
+        self.fc_dropout = fc_dropout
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
+        ret = super().from_config(cfg, input_shape)
+        ret["fc_dropout"] = cfg.MODEL.ROI_BOX_HEAD.FC_DROPOUT
+        return ret
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (R, C, H, W) pooled features.
+
+        Returns:
+            (R, FC_DIM) features of the last fc layer.
+        """
+        for name, layer in self.named_children():
+            x = layer(x)
+            if name.startswith("fc_relu") and self.fc_dropout > 0:
+                x = F.dropout(x, self.fc_dropout, self.training)
+        return x
 
 
 def build_r2ios_box_head(cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:
