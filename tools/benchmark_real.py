@@ -17,8 +17,9 @@ on the CPU budget of ``configs/real`` (each choice explained there). Phases, eac
    R2-IOS from a random VGG-16 (every layer learns, nothing cached) for about the same CPU
    time, evaluated with AP^r (SDS) and COCO's AP on the val set; ``--paper-literal`` adds
    R2-IOS trained with the paper's text taken literally;
-5. pictures: R2-IOS's masks on three val photos (``docs/images/real_*.png``; ``--quick``:
-   under the work dir), chosen among photos whose licence allows derivatives;
+5. pictures: R2-IOS's masks on three val photos (``<work-dir>/pictures/real_*.png``: the
+   photos are the user's data, kept out of the repository), chosen among photos whose licence
+   allows derivatives;
 6. ``benchmarks/results/real_photos[_quick][_<tag>].{json,md}``.
 
     python tools/benchmark.py --real                        # `make bench-real`, ~1 h, 2 cores
@@ -623,7 +624,7 @@ def run(args: argparse.Namespace) -> dict:
     t = _phase(timings, "trainings and evaluations", t, f"{len(rows)} rows, --jobs {args.jobs}")
 
     picture_row = next(r for r in rows if r.key == PICTURE_ROW)
-    folder = work / "pictures" if args.quick else REPO / "docs" / "images"
+    folder = work / "pictures"  # drawn on the user's photos: not written into the repository
     pictures = draw_pictures(runner, picture_row, folder)
     t = _phase(timings, "pictures", t, f"{len(pictures)} in {folder}")
 
