@@ -162,9 +162,9 @@ def test_results_table_and_markdown(real):
                      "categories": "voc", "num_classes": 20, "scale": 1.0},
         "rows": rows,
         "total_seconds": 120.0,
-        "pictures": [{"picture": "docs/images/real_1.png", "file_name": "1.jpg",
+        "pictures": [{"picture": "pictures/real_1.png", "file_name": "1.jpg",
                       "flickr_url": "http://x", "license": "Attribution License"}],
     }  # fmt: skip
     md = real._markdown(result, quick=False)
     assert md.startswith("# R2-IOS on real photographs\n") and table in md
-    assert "`docs/images/real_1.png`: 1.jpg, http://x (Attribution License)" in md
+    assert "`pictures/real_1.png`: 1.jpg, http://x (Attribution License)" in md
