@@ -3,8 +3,10 @@ driven in-process (or as a subprocess) with a tiny CPU config."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+import re
 import sys
 import uuid
 from typing import List, Sequence, Tuple
@@ -88,3 +90,51 @@ def run_train_net(config: str, opts: Sequence[str], *flags: str):
     tn = load_train_net()
     args = tn.build_parser().parse_args(["--config-file", config, *flags, *opts])
     return tn.main(args)
+
+
+def path_of(fd):
+    """The path of the open file descriptor ``fd`` (Linux)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+class FillingDisk:
+    """A file on a device with ``room`` bytes left: a write beyond it stores what fits, then
+    fails with ENOSPC (as write(2) does)."""
+
+    def __init__(self, f, room):
+        self._f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self._f.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def fill_disk_for(monkeypatch, pattern, nth=1, room=4096):
+    """From the ``nth`` file opened with ``os.fdopen`` whose path matches ``pattern`` on, the
+    disk fills after ``room`` bytes (0: the first write fails); returns the matched paths."""
+    real_fdopen = os.fdopen
+    seen = []
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if re.search(pattern, path_of(fd)):
+            seen.append(path_of(fd))
+            if len(seen) >= nth:
+                return FillingDisk(f, room)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    return seen

@@ -10,6 +10,8 @@ import re
 import pytest
 import torch
 from reliability_utils import (
+    fill_disk_for,
+    path_of,
     run_train_net,
     tiny_opts,
     tiny_run_setup,
@@ -24,52 +26,6 @@ def syn(tmp_path_factory):
     return tiny_run_setup(tmp_path_factory, "disk")
 
 
-def _path_of(fd):
-    return os.readlink(f"/proc/self/fd/{fd}")
-
-
-class _FillingDisk:
-    """A file on a device with ``room`` bytes left: a write beyond it stores what fits, then
-    fails with ENOSPC (as write(2) does)."""
-
-    def __init__(self, f, room):
-        self._f, self.room = f, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            self._f.write(data[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self._f.write(data)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
-def _fill_disk_for(monkeypatch, pattern, nth=1, room=4096):
-    """From the ``nth`` temporary file whose path matches ``pattern`` on, writes fail."""
-    real_fdopen = os.fdopen
-    seen = []
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-        if re.search(pattern, _path_of(fd)):
-            seen.append(_path_of(fd))
-            if len(seen) >= nth:
-                return _FillingDisk(f, room)
-        return f
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
-    return seen
-
-
 def _leftovers(folder):
     return [n for n in os.listdir(folder) if n.startswith(".tmp-")]
 
@@ -78,7 +34,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(syn, tmp_path, mon
     _, prefix, config = syn
     out = str(tmp_path / "out")
     with monkeypatch.context() as m:
-        _fill_disk_for(m, r"/\.tmp-[^/]*\.pth$", nth=2)  # model_0000001 fits, model_0000003 not
+        fill_disk_for(m, r"/\.tmp-[^/]*\.pth$", nth=2)  # model_0000001 fits, model_0000003 not
         with pytest.raises(DiskFullError) as error:
             run_train_net(config, tiny_opts(prefix, out, max_iter=6))
     message = str(error.value)
@@ -104,7 +60,7 @@ def test_full_disk_while_appending_metrics_adds_no_partial_line(syn, tmp_path, m
     real_write = os.write
 
     def write(fd, data):
-        if _path_of(fd) == str(metrics):
+        if path_of(fd) == str(metrics):
             real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
@@ -123,7 +79,7 @@ def test_full_disk_while_writing_predictions_leaves_none(syn, tmp_path, monkeypa
     out = str(tmp_path / "eval")
     folder = os.path.join(out, "inference", f"{prefix}_val")
     with monkeypatch.context() as m:
-        _fill_disk_for(m, r"/inference/.*/\.tmp-[^/]*\.json$", room=10)
+        fill_disk_for(m, r"/inference/.*/\.tmp-[^/]*\.json$", room=10)
         with pytest.raises(DiskFullError, match=r"cannot write .*sds_predictions\.json: no space"):
             run_train_net(config, tiny_opts(prefix, out, test=True), "--eval-only")
     assert os.listdir(folder) == []

@@ -2,7 +2,6 @@
 keeping the finished images (the same command continues); a full disk is one line naming the
 file and the free space."""
 
-import errno
 import importlib.util
 import os
 import signal
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from readme_utils import REPO
+from reliability_utils import fill_disk_for
 
 from r2ios_d2.preemption import EXIT_PREEMPTED
 
@@ -73,29 +73,7 @@ def test_selective_search_names_the_file_when_the_disk_is_full(tmp_path, monkeyp
     spec = importlib.util.spec_from_file_location("ss_tool_disk", TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    real_fdopen = os.fdopen
-
-    class Full:
-        def __init__(self, f):
-            self._f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._f.close()
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-        return Full(f) if os.readlink(f"/proc/self/fd/{fd}").endswith(".npz") else f
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    fill_disk_for(monkeypatch, r"\.npz$", room=0)
     with pytest.raises(SystemExit) as stop:
         tool.main(["--images", images, "--out", out, "--workers", "1"])
     message = str(stop.value.code)
