@@ -93,7 +93,14 @@ def _cpu_worker(
             raise
         dist.destroy_process_group()
         raise
+    # Leave together, then skip the interpreter's teardown: gloo's threads, torn down while a
+    # peer still talks to them or at static destruction, can abort a process whose work is
+    # done ("terminate called without an active exception"), which would report a finished
+    # run as a lost process.
+    comm.synchronize()
     dist.destroy_process_group()
+    _flush_logs()
+    os._exit(0)
 
 
 def _exit_text(code: int) -> str:
