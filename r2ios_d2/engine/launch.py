@@ -91,20 +91,9 @@ def _cpu_worker(
     except SystemExit as e:
         if e.code != EXIT_PREEMPTED:
             raise
-        _leave(EXIT_PREEMPTED)
-    # Leave together (every rank finished its work, or stopped at the same iteration).
-    comm.synchronize()
-    _leave(0)
-
-
-def _leave(code: int) -> None:
-    """Destroy the process group, flush the logs and exit with ``code`` without the
-    interpreter's teardown: gloo's threads, torn down at static destruction, can abort a
-    process whose work is done ("terminate called without an active exception"), which would
-    report a finished or cleanly stopped run as a lost process."""
+        dist.destroy_process_group()
+        raise
     dist.destroy_process_group()
-    _flush_logs()
-    os._exit(code)
 
 
 def _exit_text(code: int) -> str:
