@@ -143,7 +143,8 @@ def _add_r2ios_test_config(_C: CN) -> None:
     # Inference also returns the per-iteration trace (boxes, scores, classes, masks, t') as
     # extra Instances fields, for visualisation and inspection.
     _C.MODEL.R2IOS.TEST_RECORD_TRACE = False
-    # Mask probability threshold used when masks are binarised (mask NMS, AP^r evaluation).
+    # Mask probability threshold used when masks are binarised: the output masks (META_ARCHITECTURE
+    # R2IOSRCNN pastes them with it; detectron2's GeneralizedRCNN always uses 0.5), mask NMS.
     _C.MODEL.R2IOS.MASK_THRESHOLD = 0.5
 
 

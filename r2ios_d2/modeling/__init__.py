@@ -5,7 +5,9 @@
   (ROI_MASK_HEAD_REGISTRY; :class:`R2IOSMaskHead` is their base);
 - :class:`SegAwareFastRCNNOutputLayers`, the seg-aware box predictor;
 - ``VGGDropoutFCHead`` (ROI_BOX_HEAD_REGISTRY): fc6/fc7 with Fast R-CNN's dropout;
-- ``R2IOSROIHeads`` (ROI_HEADS_REGISTRY).
+- ``R2IOSROIHeads`` (ROI_HEADS_REGISTRY);
+- ``R2IOSRCNN`` (META_ARCH_REGISTRY): ``GeneralizedRCNN`` binarising masks at
+  ``MODEL.R2IOS.MASK_THRESHOLD``.
 """
 
 from .backbone_vgg import VGG16TwoBranch, build_r2ios_vgg_backbone
@@ -16,6 +18,7 @@ from .mask_head import (
     R2IOSFCMaskHead,
     R2IOSMaskHead,
 )
+from .meta_arch import R2IOSRCNN
 from .roi_heads import R2IOSROIHeads, reframe_masks
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "R2IOSConvMaskHead",
     "R2IOSFCMaskHead",
     "R2IOSMaskHead",
+    "R2IOSRCNN",
     "R2IOSROIHeads",
     "reframe_masks",
 ]

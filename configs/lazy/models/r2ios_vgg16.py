@@ -6,18 +6,19 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead
 
 from r2ios_d2.modeling import (
     InstanceAwareAEMaskHead,
+    R2IOSRCNN,
     R2IOSROIHeads,
     SegAwareFastRCNNOutputLayers,
     VGG16TwoBranch,
 )
 
-model = L(GeneralizedRCNN)(
+# GeneralizedRCNN whose pasted masks are binarised at mask_threshold (default: the ROI heads').
+model = L(R2IOSRCNN)(
     backbone=L(VGG16TwoBranch)(
         width=1.0,  # channel multiplier; the ShapeSpecs below follow it (det 512w, seg 1024w)
         freeze_at=2,  # conv1, conv2 fixed, as Fast R-CNN fine-tunes VGG-16 from conv3_1
