@@ -22,7 +22,7 @@ the real-photo benchmark's (``tools/benchmark_real.py``: the shared COCO subsets
 proposals cached under ``<work-dir>/proposals``).
 
     python tools/feature_probe.py                      # ~8 min on 2 cores
-    python tools/feature_probe.py --short-side 600 --tag 600
+    python tools/feature_probe.py --short-side 600 --max-size 1000 --tag 600
     python tools/feature_probe.py --train my_train my.json my_images/ --val my_val v.json v/
 """
 
@@ -78,6 +78,12 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="resize photos to this short side (0: the config's MIN_SIZE_TEST)",
+    )
+    g.add_argument(
+        "--max-size",
+        type=int,
+        default=0,
+        help="... and their long side to at most this (0: the config's MAX_SIZE_TEST)",
     )
     g.add_argument(
         "--real-work-dir",
@@ -206,7 +212,7 @@ def collect(
 ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """RoI features of every photo with instances of ``datasets``: ``({layer: (R, 512)}, (R,))``."""
     person = list(MetadataCatalog.get(datasets[0]).thing_classes).index("person")
-    resize = T.ResizeShortestEdge(short, cfg.INPUT.MAX_SIZE_TEST)
+    resize = T.ResizeShortestEdge(short, args.max_size or cfg.INPUT.MAX_SIZE_TEST)
     rng = np.random.default_rng(args.seed)
     feats: Dict[str, List[torch.Tensor]] = {name: [] for name in PROBE_LAYERS}
     labels: List[torch.Tensor] = []
@@ -325,6 +331,7 @@ def run_probe(args: argparse.Namespace) -> dict:
             "weights": args.weights,
             "config": args.config,
             "short_side": short,
+            "max_size": args.max_size or cfg.INPUT.MAX_SIZE_TEST,
             "negatives": args.negatives,
             "max_positives": args.max_positives,
             "max_images": limit,
@@ -336,7 +343,8 @@ def run_probe(args: argparse.Namespace) -> dict:
         "# Linear probe of frozen VGG-16 features on real photographs\n\n"
         + result_header(result)
         + f"\nTrain: {', '.join(result['settings']['train'])}; val: {val_set.name}; short side "
-        f"{short}; RoIs: ground truth, proposals IoU >= {POSITIVE_IOU} (<= {args.max_positives}"
+        f"{short} (long side <= {result['settings']['max_size']}); RoIs: ground truth, "
+        f"proposals IoU >= {POSITIVE_IOU} (<= {args.max_positives}"
         f"), {args.negatives} proposals IoU < {NEGATIVE_IOU} per photo.\n\n" + table + "\n"
     )
     stem = f"feature_probe{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"

@@ -61,6 +61,7 @@ def test_lazy_and_yacs_configs_build_the_same_model(lazy, yacs):
     shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
     shapes_b = {k: tuple(v.shape) for k, v in b.state_dict().items()}
     assert shapes_a == shapes_b
+    assert type(a) is type(b) and a.mask_threshold == b.mask_threshold  # R2IOSRCNN
     for name in HEAD_ATTRS:
         assert getattr(a.roi_heads, name) == getattr(b.roi_heads, name), name
     for name in PREDICTOR_ATTRS:

@@ -60,3 +60,24 @@ def test_box_diagnostics_measures_a_trained_model(tmp_path):
 def test_tuned_recipes_move_background_in_training_and_paper_configs_do_not(config, expected):
     cfg = load_config(os.path.join(REPO, "configs", config))
     assert cfg.MODEL.R2IOS.TRAIN_MOVE_BACKGROUND is expected
+
+
+@pytest.mark.parametrize(
+    "config,threshold,from_output_box",
+    [
+        ("synthetic/r2ios_tiny_stage1.yaml", 0.4, True),
+        ("synthetic/r2ios_tiny_stage2.yaml", 0.4, True),
+        ("synthetic/mask_rcnn_heads_tiny.yaml", 0.3, True),  # inherited; not read by its heads
+        ("real/r2ios_vgg16_real_stage1.yaml", 0.5, False),
+        ("r2ios_vgg16_sds_stage2.yaml", 0.5, False),  # the paper's output v_t'
+    ],
+)
+def test_demo_recipe_test_settings_and_the_model_that_applies_them(
+    config, threshold, from_output_box
+):
+    """Each demo model's mask threshold (chosen on the demo's val split) reaches its pasted
+    masks through R2IOSRCNN; the other recipes keep 0.5 and the paper's mask."""
+    cfg = load_config(os.path.join(REPO, "configs", config))
+    assert cfg.MODEL.META_ARCHITECTURE == "R2IOSRCNN"
+    assert cfg.MODEL.R2IOS.MASK_THRESHOLD == threshold
+    assert cfg.MODEL.R2IOS.TEST_MASK_FROM_OUTPUT_BOX is from_output_box
