@@ -10,8 +10,8 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead
 
 from r2ios_d2.modeling import (
-    InstanceAwareAEMaskHead,
     R2IOSRCNN,
+    InstanceAwareAEMaskHead,
     R2IOSROIHeads,
     SegAwareFastRCNNOutputLayers,
     VGG16TwoBranch,
