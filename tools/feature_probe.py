@@ -207,6 +207,35 @@ def probe_rois(
     return boxes, labels
 
 
+def proposal_recall(name: str, work: Path) -> Dict[str, float]:
+    """Share of the non-crowd ground-truth boxes of dataset ``name`` that a proposal covers at
+    IoU >= 0.5 / 0.7 (``{"recall50", "recall70", "instances"}``)."""
+    best: List[torch.Tensor] = []
+    for record in DatasetCatalog.get(name):
+        anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not anns:
+            continue
+        gt = torch.tensor(
+            [utils.BoxMode.convert(a["bbox"], a["bbox_mode"], utils.BoxMode.XYXY_ABS) for a in anns]
+        ).float()
+        props, _ = load_proposal_file(
+            str(benchmark_real.proposal_dir(work, name) / f"{record['image_id']}.npz"),
+            str(record["image_id"]),
+            record["height"],
+            record["width"],
+        )
+        if len(props) == 0:
+            best.append(torch.zeros(len(gt)))
+            continue
+        best.append(pairwise_iou(Boxes(gt), Boxes(torch.as_tensor(props).float())).max(1).values)
+    iou = torch.cat(best) if best else torch.zeros(0)
+    return {
+        "recall50": float((iou >= 0.5).float().mean()) if len(iou) else float("nan"),
+        "recall70": float((iou >= 0.7).float().mean()) if len(iou) else float("nan"),
+        "instances": len(iou),
+    }
+
+
 def collect(
     backbone: ProbedBackbone, cfg, datasets: Sequence[str], work: Path, short: int, args
 ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -335,6 +364,10 @@ def run_probe(args: argparse.Namespace) -> dict:
             "negatives": args.negatives,
             "max_positives": args.max_positives,
             "max_images": limit,
+            "proposal_recall": {
+                name: proposal_recall(name, work)
+                for name in [*(d.name for d in train_sets), val_set.name]
+            },
         },
         "rows": rows,
     }
@@ -345,7 +378,15 @@ def run_probe(args: argparse.Namespace) -> dict:
         + f"\nTrain: {', '.join(result['settings']['train'])}; val: {val_set.name}; short side "
         f"{short} (long side <= {result['settings']['max_size']}); RoIs: ground truth, "
         f"proposals IoU >= {POSITIVE_IOU} (<= {args.max_positives}"
-        f"), {args.negatives} proposals IoU < {NEGATIVE_IOU} per photo.\n\n" + table + "\n"
+        f"), {args.negatives} proposals IoU < {NEGATIVE_IOU} per photo. "
+        + "Proposal recall (IoU 0.5 / 0.7): "
+        + "; ".join(
+            f"{name} {100 * r['recall50']:.1f} / {100 * r['recall70']:.1f} % of {r['instances']}"
+            for name, r in result["settings"]["proposal_recall"].items()
+        )
+        + ".\n\n"
+        + table
+        + "\n"
     )
     stem = f"feature_probe{'_quick' if args.quick else ''}{args.tag and f'_{args.tag}'}"
     write_result((REPO / args.results_dir).resolve(), stem, result, md)

@@ -69,6 +69,10 @@ def test_probe_runs_on_a_users_coco_data(probe, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "results" / "feature_probe.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     assert saved["settings"]["short_side"] == 64
+    recall = saved["settings"]["proposal_recall"]
+    assert sorted(recall) == ["mine_train", "mine_val"]
+    assert recall["mine_val"]["instances"] == 5  # 6 non-crowd, one of them an owl (not kept)
+    assert 0.0 <= recall["mine_val"]["recall70"] <= recall["mine_val"]["recall50"] <= 1.0
     md = (tmp_path / "results" / "feature_probe.md").read_text()
     assert "| pre-trained | det_conv4_3 |" in md and "val person AP" in md
     assert (tmp_path / "work" / "proposals" / "mine_val" / "5.npz").is_file()
