@@ -184,18 +184,32 @@ class ProbedBackbone:
         }
 
 
-def probe_rois(
-    record: dict, proposals: np.ndarray, person: int, rng: np.random.Generator, args
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The RoIs of one photo (original pixels) and their probe labels (index of
-    :data:`PROBE_CLASSES`)."""
+def photo_boxes(
+    record: dict, dataset: str, work: Path
+) -> Tuple[List[dict], torch.Tensor, torch.Tensor]:
+    """One photo's non-crowd annotations, their (G, 4) XYXY boxes and its (P, 4) proposals
+    (original pixels; the proposal file of ``dataset`` under ``work``, checked)."""
     anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
     gt = torch.tensor(
         [utils.BoxMode.convert(a["bbox"], a["bbox_mode"], utils.BoxMode.XYXY_ABS) for a in anns],
         dtype=torch.float32,
     ).reshape(-1, 4)
+    proposals, _ = load_proposal_file(
+        str(benchmark_real.proposal_dir(work, dataset) / f"{record['image_id']}.npz"),
+        str(record["image_id"]),
+        record["height"],
+        record["width"],
+    )
+    return anns, gt, torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
+
+
+def probe_rois(
+    record: dict, dataset: str, work: Path, person: int, rng: np.random.Generator, args
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The RoIs of one photo (original pixels) and their probe labels (index of
+    :data:`PROBE_CLASSES`)."""
+    anns, gt, props = photo_boxes(record, dataset, work)
     gt_labels = torch.tensor([1 if a["category_id"] == person else 2 for a in anns])
-    props = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
     if len(gt) == 0 or len(props) == 0:
         return gt, gt_labels
     iou, match = pairwise_iou(Boxes(props), Boxes(gt)).max(1)
@@ -212,22 +226,11 @@ def proposal_recall(name: str, work: Path) -> Dict[str, float]:
     IoU >= 0.5 / 0.7 (``{"recall50", "recall70", "instances"}``)."""
     best: List[torch.Tensor] = []
     for record in DatasetCatalog.get(name):
-        anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-        if not anns:
-            continue
-        gt = torch.tensor(
-            [utils.BoxMode.convert(a["bbox"], a["bbox_mode"], utils.BoxMode.XYXY_ABS) for a in anns]
-        ).float()
-        props, _ = load_proposal_file(
-            str(benchmark_real.proposal_dir(work, name) / f"{record['image_id']}.npz"),
-            str(record["image_id"]),
-            record["height"],
-            record["width"],
-        )
-        if len(props) == 0:
+        _, gt, props = photo_boxes(record, name, work)
+        if len(gt) and len(props):
+            best.append(pairwise_iou(Boxes(gt), Boxes(props)).max(1).values)
+        elif len(gt):
             best.append(torch.zeros(len(gt)))
-            continue
-        best.append(pairwise_iou(Boxes(gt), Boxes(torch.as_tensor(props).float())).max(1).values)
     iou = torch.cat(best) if best else torch.zeros(0)
     return {
         "recall50": float((iou >= 0.5).float().mean()) if len(iou) else float("nan"),
@@ -249,13 +252,7 @@ def collect(
         (name, r) for name in datasets for r in DatasetCatalog.get(name) if r.get("annotations")
     ]
     for name, record in tqdm(records, desc="photos", leave=False):
-        proposals, _ = load_proposal_file(
-            str(benchmark_real.proposal_dir(work, name) / f"{record['image_id']}.npz"),
-            str(record["image_id"]),
-            record["height"],
-            record["width"],
-        )
-        boxes, y = probe_rois(record, proposals, person, rng, args)
+        boxes, y = probe_rois(record, name, work, person, rng, args)
         if len(boxes) == 0:
             continue
         image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
