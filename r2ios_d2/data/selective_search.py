@@ -167,8 +167,13 @@ def compute_proposals(
         for _, n, _ in tqdm(map(_work, jobs), **progress):
             counts.append(n)
     else:
+        # Workers start from a clean server process (forkserver), not from a fork of this
+        # process, which may hold other threads' locks (a fork then can hang a worker, and
+        # the pool waits on it for ever: seen once in a fresh-clone test run).
         methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else None)
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else None)
+        if "forkserver" in methods:
+            ctx.set_forkserver_preload([__name__])
         try:
             with ctx.Pool(workers, initializer=_init_pool_worker) as pool:
                 for _, n, _ in tqdm(pool.imap_unordered(_work, jobs, chunksize=1), **progress):
