@@ -131,6 +131,7 @@ from tqdm import tqdm  # noqa: E402
 from r2ios_d2.benchmarking.records import machine_info, result_header, write_result  # noqa: E402
 from r2ios_d2.data.coco_subsets import parse_coco_categories  # noqa: E402
 from r2ios_d2.data.proposals import load_proposal_file  # noqa: E402
+from r2ios_d2.data.selective_search import proposal_recall  # noqa: E402
 from r2ios_d2.engine.hed_weights import prepare_hed_init_checkpoint  # noqa: E402
 from r2ios_d2.engine.runs import load_config  # noqa: E402
 
@@ -221,21 +222,15 @@ def probe_rois(
     return boxes, labels
 
 
-def proposal_recall(name: str, work: Path) -> Dict[str, float]:
+def dataset_recall(name: str, work: Path) -> Dict[str, float]:
     """Share of the non-crowd ground-truth boxes of dataset ``name`` that a proposal covers at
-    IoU >= 0.5 / 0.7 (``{"recall50", "recall70", "instances"}``)."""
-    best: List[torch.Tensor] = []
-    for record in DatasetCatalog.get(name):
-        _, gt, props = photo_boxes(record, name, work)
-        if len(gt) and len(props):
-            best.append(pairwise_iou(Boxes(gt), Boxes(props)).max(1).values)
-        elif len(gt):
-            best.append(torch.zeros(len(gt)))
-    iou = torch.cat(best) if best else torch.zeros(0)
+    IoU >= 0.5 / 0.7 (``{"recall50", "recall70", "instances"}``; :func:`proposal_recall`)."""
+    dicts = [d for d in DatasetCatalog.get(name) if d.get("annotations")]
+    recall = proposal_recall(dicts, str(benchmark_real.proposal_dir(work, name)))
     return {
-        "recall50": float((iou >= 0.5).float().mean()) if len(iou) else float("nan"),
-        "recall70": float((iou >= 0.7).float().mean()) if len(iou) else float("nan"),
-        "instances": len(iou),
+        "recall50": recall["recall@0.5"],
+        "recall70": recall["recall@0.7"],
+        "instances": sum(not a.get("iscrowd", 0) for d in dicts for a in d["annotations"]),
     }
 
 
@@ -362,7 +357,7 @@ def run_probe(args: argparse.Namespace) -> dict:
             "max_positives": args.max_positives,
             "max_images": limit,
             "proposal_recall": {
-                name: proposal_recall(name, work)
+                name: dataset_recall(name, work)
                 for name in [*(d.name for d in train_sets), val_set.name]
             },
         },
