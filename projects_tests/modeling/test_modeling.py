@@ -195,19 +195,6 @@ def test_seg_aware_grad_scale_scales_only_the_gradient_into_v(scale):
     torch.testing.assert_close(grads[1], grads[0] * scale)
 
 
-def test_seg_aware_probs_are_centred_and_scaled():
-    cfg = tiny_r2ios_cfg()
-    cfg.MODEL.R2IOS.SEG_AWARE_INPUT = "probs"
-    cfg.MODEL.R2IOS.SEG_AWARE_SCALE = 0.05
-    predictor = _build(cfg).roi_heads.box_predictor
-    seen = []
-    predictor.cls_score.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-    x, v = torch.randn(3, 64), torch.randn(3, 2, 40, 40) * 5
-    predictor(x, v)
-    expected = (torch.softmax(v, dim=1) - 0.5).flatten(1) * 0.05
-    torch.testing.assert_close(seen[0], torch.cat([x, expected], dim=1))
-
-
 def test_gradient_probes_log_what_each_loss_sends_into_the_seg_branch(synthetic_inputs):
     cfg = tiny_r2ios_cfg()
     cfg.MODEL.R2IOS.GRAD_PROBE_PERIOD = 5
@@ -228,7 +215,7 @@ def _scripted_predict(heads, script, record):
     """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``; the
     confidence maps C it reports are zeros."""
 
-    def fake(box_features, scored, boxes, confidence_maps=None, mask_softmax=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
         n = sum(len(b) for b in boxes)
         record.append(n)
         out = script(len(record) - 1, n)
@@ -313,7 +300,7 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     shift = torch.tensor([0.5, 0.0, 0.0, 0.0])  # class-0 delta: move right by half a width
     record, seen = [], []
 
-    def fake(box_features, scored, boxes, confidence_maps=None, mask_softmax=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
         n = sum(len(b) for b in boxes)
         t = len(record)
         record.append(n)
@@ -576,19 +563,6 @@ def test_proposals_whose_box_does_not_move_leave_the_recursion(synthetic_inputs)
         assert set(a) == set(b) and len(off) > 0
         for k in a:
             assert torch.equal(a[k], b[k]), k
-
-
-def test_inference_shares_the_softmax_of_v_with_the_seg_aware_predictor(synthetic_inputs):
-    model = _inference_model(synthetic_inputs)
-    pred = model.roi_heads.box_predictor
-    x, v = torch.randn(5, pred.cls_score.in_features - pred.mask_dim), torch.randn(5, 2, 40, 40)
-    with torch.no_grad():
-        plain = pred(x, v)
-        shared = pred(x, v, mask_softmax=F.softmax(v, dim=1))
-    assert all(torch.equal(a, b) for a, b in zip(plain, shared))
-    # With autograd the given softmax is ignored: the gradient scale must apply to v.
-    garbage = torch.zeros(5, 2, 40, 40)
-    assert all(torch.equal(a, b) for a, b in zip(pred(x, v), pred(x, v, mask_softmax=garbage)))
 
 
 @pytest.mark.parametrize("gate_score", ["all", "foreground", "off"])

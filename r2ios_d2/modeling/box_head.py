@@ -5,7 +5,8 @@ on 7x7 pooled ``det`` features), or :class:`VGGDropoutFCHead`, the same layers w
 after each fc ReLU as in Fast R-CNN's VGG-16 (``ROI_BOX_HEAD.NAME: "VGGDropoutFCHead"``).
 This predictor classifies and regresses from the segmentation-aware feature
 ``concat(fc7, vec(v))`` (Sec. 3.2 of the paper), reusing detectron2's ``FastRCNNOutputLayers``
-for the layers, the box transform and the losses.
+for the layers, the box transform and the losses. With the (default) probabilities as the
+seg part it needs only ``d = v[1] - v[0]`` (see :mod:`.mask_head`).
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -22,6 +23,8 @@ from detectron2.modeling.roi_heads import (
 )
 from torch import nn
 from torch.nn import functional as F
+
+from .mask_head import foreground_logits
 
 __all__ = [
     "SEG_AWARE_INPUTS",
@@ -122,34 +125,59 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
         )
         return ret
 
+    @property
+    def needs_mask_channels(self) -> bool:
+        """Whether :meth:`forward` needs both channels of ``v`` (the raw-logits seg-aware
+        input); otherwise ``d = v[:, 1] - v[:, 0]`` is enough."""
+        return self.seg_aware and self.seg_input == "logits"
+
     def forward(
         self,
         x: torch.Tensor,
         mask_logits: Optional[torch.Tensor] = None,
-        mask_softmax: Optional[torch.Tensor] = None,
+        mask_probs: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             x: (R, D) box head features (fc7), or (R, ...) flattened.
-            mask_logits: (R, 2, M, M) mask logits ``v`` of the same boxes; required when
-                ``seg_aware``, ignored otherwise.
-            mask_softmax: (R, 2, M, M) ``mask_logits.softmax(dim=1)`` if the caller has it
-                (inference, where it also gives the output masks); used only with
+            mask_logits: mask logits of the same boxes, (R, 2, M, M) ``v`` or, unless
+                :attr:`needs_mask_channels`, (R, M, M) ``d = v[:, 1] - v[:, 0]``; required
+                when ``seg_aware``, ignored otherwise.
+            mask_probs: (R, M, M) ``sigmoid(d)`` (the foreground probabilities) if the caller
+                has them (inference, where they are also the output masks); used only with
                 ``seg_input`` "probs" and without autograd (it bypasses the gradient scale).
 
         Returns:
             (R, K+1) class logits and (R, 4K) (or (R, 4) class-agnostic) box deltas.
         """
         x = torch.flatten(x, start_dim=1)
-        if self.seg_aware:
-            if mask_logits is None:
-                raise ValueError("A seg-aware predictor needs the mask logits v")
+        if not self.seg_aware:
+            return super().forward(x)
+        if mask_logits is None:
+            raise ValueError("A seg-aware predictor needs the mask logits v")
+        if self.seg_input == "logits":
+            if mask_logits.dim() != 4:
+                raise ValueError("seg_input 'logits' needs both channels of v, (R, 2, M, M)")
             v = scale_grad(mask_logits, self.seg_grad_scale)
-            if self.seg_input == "probs":
-                reuse = mask_softmax is not None and not torch.is_grad_enabled()
-                v = (mask_softmax if reuse else v.softmax(dim=1)) - 0.5
-            x = torch.cat([x, v.flatten(1) * self.seg_scale], dim=1)
-        return super().forward(x)
+            return super().forward(torch.cat([x, v.flatten(1) * self.seg_scale], dim=1))
+        # probs: softmax(v) - 0.5 is (-q, q) with q = sigmoid(d) - 0.5, so the two channels'
+        # weight columns act as their difference on q (the same function and gradients).
+        if mask_probs is not None and not torch.is_grad_enabled():
+            p = mask_probs
+        else:
+            p = torch.sigmoid(scale_grad(foreground_logits(mask_logits), self.seg_grad_scale))
+        q = (p - 0.5).flatten(1) * self.seg_scale
+        feats = torch.cat([x, q], dim=1)
+        return self._seg_linear(self.cls_score, feats), self._seg_linear(self.bbox_pred, feats)
+
+    def _seg_linear(self, layer: nn.Linear, feats: torch.Tensor) -> torch.Tensor:
+        """``layer`` on ``concat(fc7, vec(softmax(v) - 0.5) * scale)`` given
+        ``feats = concat(fc7, vec(q) * scale)``: the channel-1 minus channel-0 columns of its
+        seg part times ``q``."""
+        fc_dim, plane = layer.in_features - self.mask_dim, self.mask_dim // 2
+        w = layer.weight
+        seg = w[:, fc_dim + plane :] - w[:, fc_dim : fc_dim + plane]
+        return F.linear(feats, torch.cat([w[:, :fc_dim], seg], dim=1), layer.bias)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()

@@ -161,7 +161,7 @@ def recursion_losses(
 
     Args:
         iters: per iteration, the foreground rows' ``(l_{t-1}, logits (F, K+1), deltas,
-            v (F, 2, M, M), C (F, 2, M, M) or None)``.
+            mask logits (F, M, M) ``d`` or (F, 2, M, M) ``v``, C (F, 2, M, M) or None)``.
         bg_ce: summed classification loss of the background rows (iteration 1).
         t_prime: (F,) 0-based gate iteration of each foreground row.
         rows: the batch's rows.
@@ -266,7 +266,8 @@ def mask_loss(
     counted: torch.Tensor,
     norm: float,
 ) -> torch.Tensor:
-    """Pixel-wise cross-entropy of (F, 2, M, M) mask logits against (F, M, M) targets,
+    """Pixel-wise cross-entropy of (F, 2, M, M) mask logits ``v`` (or their (F, M, M)
+    foreground-minus-background logits ``d``) against (F, M, M) targets,
     summed over the ``counted`` rows and divided by ``norm``."""
     if targets is None:  # keep the graph connected so every parameter gets a (zero) grad
         return logits.sum() * 0.0
@@ -285,7 +286,10 @@ def probe_gradients(
     every ``period`` iterations (0 = never).
 
     This is the measurement that shows whether the mask head learns from the mask loss or
-    is driven by the classification loss through the seg-aware feature.
+    is driven by the classification loss through the seg-aware feature. Where the mask
+    logits come as ``d = v[:, 1] - v[:, 0]`` (F, M, M), every loss depends on ``v`` only
+    through ``d``, so the gradient w.r.t. ``v`` is ``(-g, g)`` for ``g`` w.r.t. ``d``: its
+    norm, ``sqrt(2) * |g|``, is logged.
     """
     if period <= 0 or not torch.is_grad_enabled():
         return
@@ -301,7 +305,10 @@ def probe_gradients(
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             continue
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        for where, part in (("seg", grads[: len(seg)]), ("v", grads[len(seg) :])):
-            if part:
-                sq = sum(float(g.pow(2).sum()) for g in part if g is not None)
+        # |d/dv|^2 = 2 |d/dd|^2 for the (F, M, M) d tensors (see above)
+        factors = [1.0] * len(seg) + [2.0 if x.dim() == 3 else 1.0 for x in mask_logits]
+        for where, lo, hi in (("seg", 0, len(seg)), ("v", len(seg), len(inputs))):
+            part = [(g, f) for g, f in zip(grads[lo:hi], factors[lo:hi]) if g is not None]
+            if hi > lo:
+                sq = sum(f * float(g.pow(2).sum()) for g, f in part)
                 storage.put_scalar(f"r2ios/grad_{where}/{name}", math.sqrt(sq))

@@ -16,10 +16,17 @@ Three heads share that base (:class:`R2IOSMaskHead`) and differ in how ``v`` com
 - ``R2IOSConvMaskHead``: ``v = C`` ("w/o autoencoder");
 - ``R2IOSFCMaskHead``: ``v = fc2(relu(fc1(vec(C))))`` with two ``2*M*M`` wide layers ("fully
   w/o autoencoder", no bottleneck).
+
+Every use of ``v`` but the paper-literal seg-aware input (raw logits) depends on ``v`` only
+through the foreground-minus-background logit ``d = v[1] - v[0]`` (M x M): the 2-class softmax
+is ``sigmoid(d)``, the 2-class pixel cross-entropy is the binary one on ``d``. A head's last
+linear layer gives ``d`` directly from the difference of its two channels' weight rows
+(:meth:`R2IOSMaskHead.foreground_logits`): the same function and the same gradients for every
+parameter, for half of that layer's cost (a quarter of the autoencoder's).
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -35,6 +42,7 @@ __all__ = [
     "R2IOSConvMaskHead",
     "R2IOSFCMaskHead",
     "R2IOSMaskHead",
+    "foreground_logits",
     "r2ios_mask_head_names",
 ]
 
@@ -49,6 +57,29 @@ def r2ios_mask_head_names() -> List[str]:
         for name, obj in ROI_MASK_HEAD_REGISTRY
         if isinstance(obj, type) and issubclass(obj, R2IOSMaskHead)
     )
+
+
+def foreground_logits(mask_logits: torch.Tensor) -> torch.Tensor:
+    """The foreground-minus-background logit ``d = v[:, 1] - v[:, 0]`` of mask logits.
+
+    Args:
+        mask_logits: (R, 2, M, M) logits ``v``, or (R, M, M) ``d`` already (returned as is).
+
+    Returns:
+        (R, M, M) ``d``; ``softmax(v, dim=1)[:, 1] == sigmoid(d)``.
+    """
+    if mask_logits.dim() == 3:
+        return mask_logits
+    return mask_logits[:, 1] - mask_logits[:, 0]
+
+
+def _channel_difference(layer: nn.Linear, plane: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``x -> layer(x)[plane:] - layer(x)[:plane]`` for a linear layer with
+    2 * plane outputs (channel 0 rows first, as ``vec`` of a (2, M, M) map lays them out);
+    differentiable in the layer's parameters (autograd gives them the gradients they would get
+    through the full layer followed by the difference)."""
+    w, b = layer.weight, layer.bias
+    return w[plane:] - w[:plane], b[plane:] - b[:plane]
 
 
 class R2IOSMaskHead(nn.Module):
@@ -155,6 +186,7 @@ class R2IOSMaskHead(nn.Module):
         scored: List[torch.Tensor],
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
+        foreground_only: bool = False,
     ) -> torch.Tensor:
         """Mask logits ``v`` of every box.
 
@@ -163,25 +195,51 @@ class R2IOSMaskHead(nn.Module):
             boxes: one ``Boxes`` per image (R_i boxes, input-image coordinates).
             confidence_maps: if a list is given, the pooled confidence maps ``C``
                 (R, 2, M, M) are appended to it (for the auxiliary loss and inspection).
+            foreground_only: return ``d = v[:, 1] - v[:, 0]`` instead of ``v``, computed
+                without the two channels where the head allows it (see
+                :meth:`foreground_logits`).
 
         Returns:
-            (R, 2, M, M) logits ``v`` (R = sum R_i, images in order); channel 1 = foreground.
+            (R, 2, M, M) logits ``v`` (R = sum R_i, images in order; channel 1 =
+            foreground), or (R, M, M) ``d`` with ``foreground_only``.
         """
         c = self.pooler(scored, boxes)
         if confidence_maps is not None:
             confidence_maps.append(c)
-        return self.layers(c)
+        return self.layers_foreground(c) if foreground_only else self.layers(c)
+
+    def foreground_logits(
+        self,
+        scored: List[torch.Tensor],
+        boxes: List[Boxes],
+        confidence_maps: Optional[List[torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """The foreground-minus-background logits ``d = v[:, 1] - v[:, 0]`` of every box,
+        equal to :func:`foreground_logits` of the output of :meth:`forward` (same arguments):
+        the same function, with the same gradients, for less compute.
+
+        Returns:
+            (R, M, M) ``d``.
+        """
+        return self(scored, boxes, confidence_maps, foreground_only=True)
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
         """``v`` from the pooled confidence maps ``C``, both (R, 2, M, M)."""
         raise NotImplementedError
+
+    def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
+        """``d = v[:, 1] - v[:, 0]`` (R, M, M) from ``C`` (R, 2, M, M); by default from
+        :meth:`layers`."""
+        return foreground_logits(self.layers(c))
 
     @staticmethod
     def per_roi_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Pixel-wise 2-class cross-entropy, averaged over the pixels of each RoI.
 
         Args:
-            logits: (R, 2, M, M) mask logits ``v``.
+            logits: (R, 2, M, M) mask logits ``v``, or their (R, M, M) foreground-minus-
+                background logits ``d`` (the loss is the binary cross-entropy on ``d``:
+                the same value).
             targets: (R, M, M) bool or {0, 1} dominant-instance masks in the same frame.
 
         Returns:
@@ -189,19 +247,21 @@ class R2IOSMaskHead(nn.Module):
         """
         if logits.numel() == 0:
             return logits.new_zeros((logits.shape[0],))
-        return F.cross_entropy(logits, targets.long(), reduction="none").mean(dim=(1, 2))
+        d = foreground_logits(logits)
+        loss = F.binary_cross_entropy_with_logits(d, targets.to(d.dtype), reduction="none")
+        return loss.mean(dim=(1, 2))
 
     @staticmethod
     def foreground_probs(logits: torch.Tensor) -> torch.Tensor:
         """Softmax foreground probability of mask logits.
 
         Args:
-            logits: (R, 2, M, M).
+            logits: (R, 2, M, M) ``v``, or (R, M, M) ``d = v[:, 1] - v[:, 0]``.
 
         Returns:
-            (R, M, M) probabilities of channel 1.
+            (R, M, M) probabilities of channel 1 (``sigmoid(d)``).
         """
-        return F.softmax(logits, dim=1)[:, 1]
+        return torch.sigmoid(foreground_logits(logits))
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -243,6 +303,10 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
     def layers(self, c: torch.Tensor) -> torch.Tensor:
         return self.ae_fc2(F.relu(self.ae_fc1(c.flatten(1)))).view_as(c)
 
+    def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
+        w, b = _channel_difference(self.ae_fc2, self.mask_size**2)
+        return F.linear(F.relu(self.ae_fc1(c.flatten(1))), w, b).view_as(c[:, 0])
+
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class R2IOSConvMaskHead(R2IOSMaskHead):
@@ -281,3 +345,7 @@ class R2IOSFCMaskHead(R2IOSMaskHead):
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.relu(self.fc1(c.flatten(1)))).view_as(c)
+
+    def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
+        w, b = _channel_difference(self.fc2, self.mask_size**2)
+        return F.linear(F.relu(self.fc1(c.flatten(1))), w, b).view_as(c[:, 0])

@@ -256,24 +256,29 @@ class R2IOSROIHeads(StandardROIHeads):
         scored: List[torch.Tensor],
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
-        mask_softmax: Optional[List[torch.Tensor]] = None,
+        mask_probs: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration of both sub-networks on the given boxes.
 
         Args:
             confidence_maps: if a list, the pooled confidence maps ``C`` (R, 2, M, M) are
                 appended to it.
-            mask_softmax: if a list and autograd is off, ``softmax(v, dim=1)`` (R, 2, M, M)
-                is computed once, fed to the seg-aware predictor and appended to it.
+            mask_probs: if a list and autograd is off, the foreground probabilities (R, M, M)
+                are computed once, fed to the seg-aware predictor and appended to it.
 
         Returns:
-            class logits (R, K+1), deltas (R, 4K or 4), mask logits v (R, 2, M, M).
+            class logits (R, K+1), deltas (R, 4K or 4) and the mask logits: (R, M, M)
+            ``d = v[:, 1] - v[:, 0]``, or (R, 2, M, M) ``v`` where the predictor needs both
+            channels (the raw-logits seg-aware input); every later use takes either.
         """
         x = self.box_head(self.box_pooler(box_features, boxes))
-        v = self.mask_head(scored, boxes, confidence_maps)
-        if mask_softmax is not None and not torch.is_grad_enabled():
-            mask_softmax.append(F.softmax(v, dim=1))
-            logits, deltas = self.box_predictor(x, v, mask_softmax=mask_softmax[-1])
+        if self.box_predictor.needs_mask_channels:
+            v = self.mask_head(scored, boxes, confidence_maps)
+        else:
+            v = self.mask_head.foreground_logits(scored, boxes, confidence_maps)
+        if mask_probs is not None and not torch.is_grad_enabled():
+            mask_probs.append(self.mask_head.foreground_probs(v))
+            logits, deltas = self.box_predictor(x, v, mask_probs=mask_probs[-1])
         else:
             logits, deltas = self.box_predictor(x, v)
         return logits, deltas, v
@@ -462,15 +467,15 @@ class R2IOSROIHeads(StandardROIHeads):
             # speed benchmark; skipped silently outside an EventStorage.
             put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
             in_boxes = cur[active]
-            soft: List[torch.Tensor] = []
+            fg_probs: List[torch.Tensor] = []
             logits, deltas, v = self._predict(
                 box_features,
                 scored,
                 split_by_image(in_boxes, image_idx[active], num_images),
-                mask_softmax=soft,
+                mask_probs=fg_probs,
             )
-            # The predictor's softmax of v is the output mask too: computed once.
-            mask_probs = soft[0][:, 1] if soft else self.mask_head.foreground_probs(v)
+            # The predictor's foreground probabilities are the output mask too: computed once.
+            mask_probs = fg_probs[0] if fg_probs else self.mask_head.foreground_probs(v)
             probs = F.softmax(logits, dim=1)
             score, cls = probs.max(dim=1)  # ĝ_t over K+1 classes (K = background)
             gate = score if self.gate_score == "all" else probs[:, :K].max(dim=1).values
@@ -518,8 +523,8 @@ class R2IOSROIHeads(StandardROIHeads):
         """
         assert not self.training
         scored = self.mask_head.score_maps(features)
-        v = self.mask_head(scored, [x.pred_boxes for x in instances])
-        probs = self.mask_head.foreground_probs(v)[:, None]
+        d = self.mask_head.foreground_logits(scored, [x.pred_boxes for x in instances])
+        probs = torch.sigmoid(d)[:, None]
         for inst, m in zip(instances, probs.split([len(x) for x in instances])):
             inst.pred_masks = m
         return instances
