@@ -238,6 +238,8 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
     weights = tmp_path / "stage2.pth"
     torch.save({"model": build_model(speed_demo.demo_cfg("stage2", "cpu")).state_dict()}, weights)
 
+    # not the checkpoints of a real demo run, if demo_output/ has them
+    monkeypatch.setattr(speed_demo, "default_weights", lambda name: None)
     argv = ["--quick", "--widths", "0.0625", "--proposals", "16", "--iterations", "1", "4"]
     argv += ["--image-size", "64", "96", "--train-images", "1"]
     argv += ["--demo-stage1-weights", str(weights), "--demo-stage2-weights", str(weights)]
@@ -252,6 +254,13 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
     }
     for r in demo["inference"]:
         assert r["ms_per_image"] > r["heads_ms"] > 0 and r["profile_ms"]["backbone"] > 0
+        if r["case"].startswith("R2-IOS"):
+            # The demo configs' mask from the output box is its own stage, not an iteration.
+            assert "output_box_masks" in r["profile_ms"]
+            assert ("mask_head_ae t2" in r["profile_ms"]) == (r["case"] == "R2-IOS T=4")
+            assert "mask_head_ae t5" not in r["profile_ms"]
+        if r["case"] == "R2-IOS T=1":
+            assert r["iterations_after_first_ms"] == 0
         if r["case"] == "R2-IOS T=4":
             assert r["active_per_iteration"][0] == (32 if r["proposals"] == "random_16" else 24)
             assert "box_head t1" in r["profile_ms"] and "nms" in r["profile_ms"]
@@ -266,3 +275,27 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
     goals = json.loads((tmp_path / "speed_cpu_quick_demo.json").read_text())["goals"]
     assert sum("trained demo" in g["goal"] for g in goals) == 2 * 3
     assert sum("demo config" in g["goal"] for g in goals) == 2
+
+
+def test_stage_profile_times_module_calls_per_pass_and_leaves_out_those_of_a_containing_stage():
+    from r2ios_d2.benchmarking.speed_profile import StageProfile
+
+    class Holder:
+        def __init__(self):
+            self.layer = torch.nn.Linear(2, 2)
+
+        def again(self, x):
+            return self.layer(x)
+
+    holder, x = Holder(), torch.zeros(1, 2)
+    profile = StageProfile("cpu", {"layer": holder.layer})
+    profile.wrap(holder, "again", "outside_iterations", contains_modules=True)
+    with profile:
+        for _ in range(2):
+            profile.new_pass()
+            holder.layer(x)
+            holder.layer(x)
+            holder.again(x)
+    assert sorted(profile.ms) == ["layer t1", "layer t2", "outside_iterations"]
+    assert profile.passes == 2 and all(v >= 0 for v in profile.per_pass().values())
+    assert "again" not in holder.__dict__  # unwrapped after the block

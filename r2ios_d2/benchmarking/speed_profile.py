@@ -64,18 +64,23 @@ class StageProfile:
         self._starts: Dict[str, float] = {}
         self._handles: list = []
         self._wrapped: list = []
+        self._suspended = 0
 
     # ------------------------------------------------------------------ instrumentation
-    def wrap(self, owner: object, attr: str, name: str) -> None:
+    def wrap(self, owner: object, attr: str, name: str, contains_modules: bool = False) -> None:
         """Time ``owner.<attr>`` (a function of a module, or a method of an object) as
-        stage ``name`` until the ``with`` block ends."""
+        stage ``name`` until the ``with`` block ends. With ``contains_modules`` the module
+        stages called inside it are not timed or counted (they belong to ``name``), e.g. the
+        mask head run once more on the output boxes, which is not a recursive iteration."""
         original = getattr(owner, attr)
 
         def timed(*args, **kwargs):
             t0 = self._now()
+            self._suspended += int(contains_modules)
             try:
                 return original(*args, **kwargs)
             finally:
+                self._suspended -= int(contains_modules)
                 self.ms[name] += self._now() - t0
 
         had_own = attr in getattr(owner, "__dict__", {})
@@ -103,6 +108,8 @@ class StageProfile:
 
     def _pre(self, name: str) -> Callable:
         def hook(module, inputs):
+            if self._suspended:
+                return
             self._calls[name] += 1
             self._starts[name] = self._now()
 
@@ -110,6 +117,8 @@ class StageProfile:
 
     def _post(self, name: str) -> Callable:
         def hook(module, inputs, output):
+            if self._suspended:
+                return
             self.ms[f"{name} t{self._calls[name]}"] += self._now() - self._starts.pop(name)
 
         return hook
