@@ -347,7 +347,8 @@ class R2IOSROIHeads(StandardROIHeads):
         class, until predicted background) and are trained as background at every iteration.
 
         Returns:
-            per iteration, the foreground rows' ``(l_{t-1}, logits, deltas, v, C or None)``;
+            per iteration, the foreground rows' ``(l_{t-1}, logits, deltas, v, C or None)``
+            (``v``: the mask logits as :meth:`_predict` returns them, ``d`` or ``v``);
             the summed cross-entropy of the background rows that stay; per iteration, the
             (B, K+1) logits of the B moving background rows; ``v`` of iteration 1 for all
             rows.
