@@ -79,6 +79,10 @@ def _add_r2ios_model_config(_C: CN) -> None:
     _C.MODEL.R2IOS.MASK_SIZE = 40
     # Width of the AE bottleneck (paper: 512).
     _C.MODEL.R2IOS.AE_HIDDEN_DIM = 512
+    # (not in the paper) The autoencoder's output is added to the confidence maps C,
+    # v = C + AE(C): it learns the correction that removes distracting instances, starting
+    # from v = C. False = the paper (v = AE(C)).
+    _C.MODEL.R2IOS.AE_RESIDUAL = False
     # Feature map of the backbone the mask head scores and pools ("seg" for VGG; "p2" for FPN).
     _C.MODEL.R2IOS.MASK_IN_FEATURES = ["seg"]
     # RoIAlign sampling ratio of the 40x40 mask pooling (0 = adaptive).

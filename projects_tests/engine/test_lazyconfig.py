@@ -68,6 +68,8 @@ def test_lazy_and_yacs_configs_build_the_same_model(lazy, yacs):
         assert getattr(a.roi_heads.box_predictor, name) == getattr(
             b.roi_heads.box_predictor, name
         ), name
+    residual = [getattr(m.roi_heads.mask_head, "residual", None) for m in (a, b)]
+    assert residual[0] == residual[1]
     assert list(a.pixel_mean.flatten()) == list(b.pixel_mean.flatten())
     assert (a.proposal_generator is None) == (cfg.MODEL.PROPOSAL_GENERATOR.NAME != "RPN")
     # The schedule and the optimiser agree too.

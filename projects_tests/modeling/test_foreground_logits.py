@@ -17,11 +17,13 @@ from torch.nn import functional as F
 from r2ios_d2.modeling.box_head import scale_grad
 from r2ios_d2.modeling.mask_head import foreground_logits
 
-HEADS = ["InstanceAwareAEMaskHead", "R2IOSConvMaskHead", "R2IOSFCMaskHead"]
+HEADS = ["InstanceAwareAEMaskHead", "R2IOSConvMaskHead", "R2IOSFCMaskHead", "residual AE"]
 
 
 def _model(head="InstanceAwareAEMaskHead", mask_size=8, seed=0, **r2ios):
     cfg = tiny_r2ios_cfg()
+    if head == "residual AE":
+        head, r2ios = "InstanceAwareAEMaskHead", {**r2ios, "AE_RESIDUAL": True}
     cfg.MODEL.ROI_MASK_HEAD.NAME = head
     cfg.MODEL.R2IOS.MASK_SIZE = mask_size
     cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1  # masks far from 0.5, so a wrong channel shows
@@ -195,3 +197,24 @@ def test_inference_outputs_equal_the_two_channel_model(synthetic_inputs):
         # pasted binary masks: equal but for pixels within float error of the threshold
         differ = (fast.pred_masks != ref.pred_masks).float().mean()
         assert differ < 1e-3
+
+
+def test_residual_autoencoder_adds_its_output_to_the_confidence_maps():
+    heads = {
+        name: _model(name).roi_heads.mask_head for name in ("residual AE", "R2IOSConvMaskHead")
+    }
+    residual, conv = heads["residual AE"], heads["R2IOSConvMaskHead"]
+    assert residual.residual and not _model().roi_heads.mask_head.residual
+    features, boxes = _scored_and_boxes(residual)
+    conv.score.load_state_dict(residual.score.state_dict())
+    with torch.no_grad():
+        scored = residual.score_maps(features)
+        c = conv(scored, boxes)
+        ae = residual.ae_fc2(F.relu(residual.ae_fc1(c.flatten(1)))).view_as(c)
+        torch.testing.assert_close(residual(scored, boxes), c + ae)
+        for layer in (residual.ae_fc2.weight, residual.ae_fc2.bias):
+            layer.zero_()  # no correction: v = C, the "w/o autoencoder" head
+        torch.testing.assert_close(residual(scored, boxes), c)
+        torch.testing.assert_close(
+            residual.foreground_logits(scored, boxes), conv.foreground_logits(scored, boxes)
+        )

@@ -267,7 +267,8 @@ class R2IOSMaskHead(nn.Module):
 @ROI_MASK_HEAD_REGISTRY.register()
 class InstanceAwareAEMaskHead(R2IOSMaskHead):
     """The paper's head: the instance-aware denoising autoencoder
-    ``v = ae_fc2(relu(ae_fc1(vec(C))))`` (2*M*M -> ``ae_hidden_dim`` -> 2*M*M)."""
+    ``v = ae_fc2(relu(ae_fc1(vec(C))))`` (2*M*M -> ``ae_hidden_dim`` -> 2*M*M); with
+    ``residual`` (not in the paper) ``v = C + ae_fc2(relu(ae_fc1(vec(C))))``."""
 
     @configurable
     def __init__(
@@ -276,6 +277,7 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
         *,
         ae_hidden_dim: int = 512,
         init_std: float = 0.001,
+        residual: bool = False,
         **kwargs,
     ):
         """
@@ -283,12 +285,17 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
             input_shape, kwargs: as :class:`R2IOSMaskHead`.
             ae_hidden_dim: bottleneck width of the autoencoder (paper: 512).
             init_std: std of the normal init of every weight (biases 0; paper: 0.001).
+            residual: the autoencoder's output is added to ``C`` (``MODEL.R2IOS.AE_RESIDUAL``):
+                it learns the correction that removes the distracting instances from the
+                confidence maps, starting from ``v = C`` (its weights start near 0) instead
+                of from ``v = 0``.
         """
         # By keyword: a LazyConfig may pass input_shape as a DictConfig, which @configurable
         # would take for a config if it came first.
         super().__init__(input_shape=input_shape, **kwargs)
         if ae_hidden_dim < 1:
             raise ValueError(f"ae_hidden_dim must be >= 1, got {ae_hidden_dim}")
+        self.residual = bool(residual)
         self.ae_fc1 = nn.Linear(self.output_dim, ae_hidden_dim)
         self.ae_fc2 = nn.Linear(ae_hidden_dim, self.output_dim)
         self._init_weights(init_std)
@@ -298,14 +305,17 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
         return {
             **super().from_config(cfg, input_shape),
             "ae_hidden_dim": cfg.MODEL.R2IOS.AE_HIDDEN_DIM,
+            "residual": cfg.MODEL.R2IOS.AE_RESIDUAL,
         }
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
-        return self.ae_fc2(F.relu(self.ae_fc1(c.flatten(1)))).view_as(c)
+        v = self.ae_fc2(F.relu(self.ae_fc1(c.flatten(1)))).view_as(c)
+        return c + v if self.residual else v
 
     def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
         w, b = _channel_difference(self.ae_fc2, self.mask_size**2)
-        return F.linear(F.relu(self.ae_fc1(c.flatten(1))), w, b).view_as(c[:, 0])
+        d = F.linear(F.relu(self.ae_fc1(c.flatten(1))), w, b).view_as(c[:, 0])
+        return d + foreground_logits(c) if self.residual else d
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
