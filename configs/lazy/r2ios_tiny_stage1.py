@@ -24,7 +24,6 @@ _heads.box_predictor.input_shape = ShapeSpec(channels=256)
 _heads.mask_head.input_shape = {"seg": ShapeSpec(channels=int(1024 * _WIDTH), stride=8)}
 _heads.mask_head.init_std = 0.01
 _heads.mask_head.pooler_sampling_ratio = 1
-_heads.mask_head.residual = True  # v = C + AE(C): see the YAML
 _heads.gate = False
 _heads.test_gate = False
 _heads.train_move_background = True

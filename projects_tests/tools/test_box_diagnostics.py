@@ -81,18 +81,3 @@ def test_demo_recipe_test_settings_and_the_model_that_applies_them(
     assert cfg.MODEL.META_ARCHITECTURE == "R2IOSRCNN"
     assert cfg.MODEL.R2IOS.MASK_THRESHOLD == threshold
     assert cfg.MODEL.R2IOS.TEST_MASK_FROM_OUTPUT_BOX is from_output_box
-
-
-@pytest.mark.parametrize(
-    "config,expected",
-    [
-        ("synthetic/r2ios_tiny_stage1.yaml", True),
-        ("synthetic/r2ios_tiny_stage2.yaml", True),
-        ("r2ios_vgg16_sds_stage1.yaml", False),  # the paper: v = AE(C)
-        ("r2ios_vgg16_voc2012_stage2.yaml", False),
-    ],
-)
-def test_demo_recipe_corrects_the_confidence_maps_and_paper_configs_replace_them(config, expected):
-    cfg = load_config(os.path.join(REPO, "configs", config))
-    assert cfg.MODEL.R2IOS.AE_RESIDUAL is expected
-    assert cfg.MODEL.ROI_MASK_HEAD.NAME == "InstanceAwareAEMaskHead"
