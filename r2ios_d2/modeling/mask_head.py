@@ -82,6 +82,16 @@ def _channel_difference(layer: nn.Linear, plane: int) -> Tuple[torch.Tensor, tor
     return w[plane:] - w[:plane], b[plane:] - b[:plane]
 
 
+def _two_fc(c: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, foreground: bool) -> torch.Tensor:
+    """``fc2(relu(fc1(vec(C))))`` as (R, 2, M, M) ``v``, or with ``foreground`` its (R, M, M)
+    ``d = v[:, 1] - v[:, 0]`` from the difference of ``fc2``'s two channels (half of ``fc2``)."""
+    h = F.relu(fc1(c.flatten(1)))
+    if not foreground:
+        return fc2(h).view_as(c)
+    w, b = _channel_difference(fc2, c.shape[-1] * c.shape[-2])
+    return F.linear(h, w, b).view_as(c[:, 0])
+
+
 class R2IOSMaskHead(nn.Module):
     """Base of the R2-IOS mask heads: the 1x1 scoring conv, the M x M pooler of the scored
     maps (``C``, 2 x M x M) and the mask logits ``v`` = :meth:`layers` (``C``) (2 x M x M;
@@ -309,12 +319,11 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
         }
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
-        v = self.ae_fc2(F.relu(self.ae_fc1(c.flatten(1)))).view_as(c)
+        v = _two_fc(c, self.ae_fc1, self.ae_fc2, foreground=False)
         return c + v if self.residual else v
 
     def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
-        w, b = _channel_difference(self.ae_fc2, self.mask_size**2)
-        d = F.linear(F.relu(self.ae_fc1(c.flatten(1))), w, b).view_as(c[:, 0])
+        d = _two_fc(c, self.ae_fc1, self.ae_fc2, foreground=True)
         return d + foreground_logits(c) if self.residual else d
 
 
@@ -354,8 +363,7 @@ class R2IOSFCMaskHead(R2IOSMaskHead):
         self._init_weights(init_std)
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(c.flatten(1)))).view_as(c)
+        return _two_fc(c, self.fc1, self.fc2, foreground=False)
 
     def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
-        w, b = _channel_difference(self.fc2, self.mask_size**2)
-        return F.linear(F.relu(self.fc1(c.flatten(1))), w, b).view_as(c[:, 0])
+        return _two_fc(c, self.fc1, self.fc2, foreground=True)

@@ -525,7 +525,7 @@ class R2IOSROIHeads(StandardROIHeads):
         assert not self.training
         scored = self.mask_head.score_maps(features)
         d = self.mask_head.foreground_logits(scored, [x.pred_boxes for x in instances])
-        probs = torch.sigmoid(d)[:, None]
+        probs = self.mask_head.foreground_probs(d)[:, None]
         for inst, m in zip(instances, probs.split([len(x) for x in instances])):
             inst.pred_masks = m
         return instances
