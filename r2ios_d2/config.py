@@ -117,6 +117,18 @@ def _add_training_config(_C: CN) -> None:
     # background at every iteration, so the classifier sees refined false positives. False =
     # the paper (background proposals keep their box in training: only GT-class moves).
     _C.MODEL.R2IOS.TRAIN_MOVE_BACKGROUND = False
+    # (not in the paper) Label each foreground proposal at every iteration by the box it is
+    # classified on: at iteration t >= 2 it counts as background (no box or mask loss) while
+    # l_{t-1} overlaps its ground-truth box by less than the foreground IoU of
+    # MODEL.ROI_HEADS.IOU_THRESHOLDS, so that a box that drifted off its instance is not
+    # trained as confident foreground. False = the paper (labels fixed by l_0).
+    _C.MODEL.R2IOS.TRAIN_RELABEL_ITERATIONS = False
+    # (not in the paper) Move the foreground proposals in training as at test time: by the
+    # deltas of the predicted class (a proposal predicted background keeps its box), instead
+    # of by those of the ground-truth class, so that iterations t >= 2 are trained on the
+    # boxes they get at test time. The losses are unchanged (ground-truth class and box).
+    # False = the paper (l_t from o_{t,g}, g the ground-truth class).
+    _C.MODEL.R2IOS.TRAIN_MOVE_FOREGROUND_BY_PREDICTION = False
     # Every this many training iterations, log the gradient norm that each loss term sends into
     # the segmentation branch (the scored stride-8 map) and into v (0 = off).
     _C.MODEL.R2IOS.GRAD_PROBE_PERIOD = 50

@@ -341,6 +341,102 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     torch.testing.assert_close(losses["loss_cls"], expected / 4)
 
 
+@pytest.mark.parametrize("relabel", [False, True])
+def test_train_relabel_iterations_trains_a_box_that_left_its_instance_as_background(relabel):
+    """TRAIN_RELABEL_ITERATIONS: from t = 2 on, a foreground row whose input box overlaps its
+    ground truth by less than the foreground IoU counts as background in that iteration
+    (cls target background, no box or mask loss); with the key off (the paper) its label
+    stays."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.TRAIN_RELABEL_ITERATIONS = relabel
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads
+    fg_logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    bg_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
+    seen = []
+
+    def script(t, n):
+        logits = fg_logits if t else torch.cat([fg_logits, bg_logits])
+        deltas = torch.zeros(n, 8)
+        deltas[:, 0] = 10.0  # class 0: one box width to the right (A leaves its instance)
+        v = torch.zeros(n, 2, 8, 8, requires_grad=True)
+        return logits.clone().requires_grad_(True), deltas, v
+
+    def recording(t, n):
+        seen.append(n)
+        return script(t, n)
+
+    _scripted_predict(heads, recording, [])
+    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    with EventStorage() as storage:
+        losses = heads.forward_train(features, [_train_case()])
+        scalars = {k: v[0] for k, v in storage.latest().items()}
+    assert seen == [4, 2, 2, 2]
+    ce_a = F.cross_entropy(fg_logits[:1], torch.tensor([2 if relabel else 0]))
+    fg_ce = F.cross_entropy(fg_logits, torch.tensor([0, 1]), reduction="sum")
+    b_ce = F.cross_entropy(fg_logits[1:], torch.tensor([1]))
+    bg_ce = F.cross_entropy(bg_logits, torch.tensor([2, 2]), reduction="sum")
+    expected_cls = (fg_ce + 3 * (ce_a + b_ce) + 4 * bg_ce) / 4
+    torch.testing.assert_close(losses["loss_cls"], expected_cls)
+    counted_rows = 2 + 3 * (1 if relabel else 2)  # A drops out of the mask loss at t >= 2
+    assert losses["loss_mask"].item() == pytest.approx(counted_rows * math.log(2) / 2)
+    if relabel:
+        assert scalars["r2ios/relabelled_frac_t2"] == pytest.approx(0.5)
+        assert "r2ios/relabelled_frac_t1" not in scalars
+    else:
+        assert not any(k.startswith("r2ios/relabelled") for k in scalars)
+    # t = 2: only B's box counts with the key (B did not move: its loss is t = 1's)
+    box_t = [scalars[f"r2ios/loss_box_reg_t{t}"] for t in (1, 2)]
+    assert (box_t[1] < box_t[0]) is relabel
+
+
+@pytest.mark.parametrize("by_prediction", [False, True])
+def test_foreground_moves_by_the_predicted_class_with_the_key(by_prediction):
+    """TRAIN_MOVE_FOREGROUND_BY_PREDICTION: a foreground row moves by the deltas of its
+    predicted class and stays where it is predicted background; without the key (the
+    paper) by those of its ground-truth class. The losses keep the ground-truth class."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.TRAIN_MOVE_FOREGROUND_BY_PREDICTION = by_prediction
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads
+    # Row A (class 0) predicted class 1, row B (class 1) predicted background, at every t.
+    fg_logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    bg_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
+    seen = []
+
+    def script(t, n):
+        logits = fg_logits if t else torch.cat([fg_logits, bg_logits])
+        deltas = torch.zeros(n, 8)
+        deltas[:, 0] = 2.0  # class 0: right by 0.2 widths
+        deltas[:, 5] = -2.0  # class 1: up by 0.2 heights
+        return logits.clone().requires_grad_(True), deltas, torch.zeros(n, 2, 8, 8)
+
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
+        seen.append(torch.cat([b.tensor for b in boxes]))
+        out = script(len(seen) - 1, len(seen[-1]))
+        if confidence_maps is not None:
+            confidence_maps.append(torch.zeros_like(out[2]))
+        return out
+
+    heads._predict = fake
+    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    with EventStorage():
+        losses = heads.forward_train(features, [_train_case()])
+    start = seen[0][:2]
+    transform = heads.box_predictor.box2box_transform
+    shift = torch.zeros(2, 4)
+    shift[0, 0] = 2.0  # class-0 deltas
+    shift[1, 1] = -2.0  # class-1 deltas
+    if by_prediction:  # A by class 1's deltas, B stays (predicted background)
+        expected = torch.stack([transform.apply_deltas(shift[1:], start[:1])[0], start[1]])
+    else:  # each by its ground-truth class
+        expected = transform.apply_deltas(shift, start)
+    torch.testing.assert_close(seen[1], expected)
+    fg_ce = F.cross_entropy(fg_logits, torch.tensor([0, 1]), reduction="sum")
+    bg_ce = F.cross_entropy(bg_logits, torch.tensor([2, 2]), reduction="sum")
+    torch.testing.assert_close(losses["loss_cls"], 4 * (fg_ce + bg_ce) / 4)
+
+
 def test_mask_targets_crop_each_distinct_instance_as_bitmasks_do():
     """The targets cropped from each image's distinct matched instances equal
     ``BitMasks.crop_and_resize`` of every row's own mask, bit for bit, also when two

@@ -154,6 +154,7 @@ def recursion_losses(
     conf_loss_weight: float,
     mask_loss_normalizer: str,
     moving_background: Optional[List[torch.Tensor]] = None,
+    relabel_iou: Optional[float] = None,
 ) -> Dict[str, torch.Tensor]:
     """The losses of every iteration ``t <= t'``, summed over the iterations; each iteration
     normalised like one Fast R-CNN step (by the number of sampled RoIs; the mask losses by
@@ -173,6 +174,10 @@ def recursion_losses(
             gate iteration (``argmax_t p_{t,background}``) with the gate, in all without.
         mask_loss_weight, conf_loss_weight: weights of ``loss_mask`` and ``loss_mask_conf``
             (the latter only if ``iters`` carry ``C``).
+        relabel_iou: ``TRAIN_RELABEL_ITERATIONS``: from iteration 2 on, a foreground row
+            whose input box ``l_{t-1}`` overlaps its ground-truth box by less than this IoU
+            is trained as background in that iteration (no box or mask loss); None = the
+            paper (labels fixed by ``l_0``).
 
     Returns:
         ``loss_cls``, ``loss_box_reg``, ``loss_mask`` and (with ``C``) ``loss_mask_conf``.
@@ -190,7 +195,13 @@ def recursion_losses(
         bg_t = bg_ce if with_bg else None
         if moving is not None:
             bg_t = moving[t][0] if bg_t is None else bg_t + moving[t][0]
-        step = _iteration_losses(it, bg_t, counted, rows, box_predictor, mask_head, mask_norm)
+        foreground = None
+        if relabel_iou is not None and t > 0 and num_fg > 0:
+            foreground = _box_overlap(it[0], rows.fg_gt_boxes) >= relabel_iou
+            put_scalar(f"r2ios/relabelled_frac_t{t + 1}", 1.0 - foreground.float().mean().item())
+        step = _iteration_losses(
+            it, bg_t, counted, rows, box_predictor, mask_head, mask_norm, foreground
+        )
         step["loss_mask"] = step["loss_mask"] * mask_loss_weight
         if "loss_mask_conf" in step:
             step["loss_mask_conf"] = step["loss_mask_conf"] * conf_loss_weight
@@ -202,6 +213,15 @@ def recursion_losses(
         put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
     put_scalar("r2ios/frac_moving", num_fg / num_rois)
     return totals
+
+
+def _box_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) IoU of the row-aligned XYXY boxes ``a`` and ``b`` (N, 4)."""
+    lt = torch.max(a[:, :2], b[:, :2])
+    rb = torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(dim=1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
 def _moving_background_ce(
@@ -233,29 +253,37 @@ def _iteration_losses(
     box_predictor: FastRCNNOutputLayers,
     mask_head: R2IOSMaskHead,
     mask_norm: float,
+    foreground: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """The unweighted mask losses and the weighted cls/box losses of one iteration ``it``
     (see :func:`recursion_losses`) over the ``counted`` foreground rows, plus the background
-    rows' ``bg_ce`` if given."""
+    rows' ``bg_ce`` if given. ``foreground`` (F,) bool: the rows that keep their class in
+    this iteration (the others count as background); None = all."""
     in_boxes, logits_t, deltas_t, v_t, c_t = it
     num_fg, num_rois, K = len(rows.fg_idx), rows.num_rois, box_predictor.num_classes
     loss_weight = box_predictor.loss_weight
-    ce = F.cross_entropy(logits_t, rows.fg_cls, reduction="none") if num_fg else None
+    cls_t = rows.fg_cls
+    if foreground is not None:
+        cls_t = torch.where(foreground, rows.fg_cls, K)
+        counted_fg = counted & foreground
+    else:
+        counted_fg = counted
+    ce = F.cross_entropy(logits_t, cls_t, reduction="none") if num_fg else None
     loss_cls = (ce * counted).sum() if num_fg else logits_t[:, 0].sum() * 0.0
     loss_cls = loss_cls + bg_ce if bg_ce is not None else loss_cls
     # detectron2's box loss on the foreground rows, with uncounted rows relabelled as
     # background (no box loss) and its 1/num_fg normalisation turned into 1/num_rois.
     loss_box = box_predictor.box_reg_loss(
-        in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted, rows.fg_cls, K)
+        in_boxes, rows.fg_gt_boxes, deltas_t, torch.where(counted_fg, rows.fg_cls, K)
     ) * (num_fg / num_rois)
     targets = rows.mask_targets(in_boxes, mask_head.mask_size, v_t.device)
     step = {
         "loss_cls": loss_cls / num_rois * loss_weight.get("loss_cls", 1.0),
         "loss_box_reg": loss_box * loss_weight.get("loss_box_reg", 1.0),
-        "loss_mask": mask_loss(mask_head, v_t, targets, counted, mask_norm),
+        "loss_mask": mask_loss(mask_head, v_t, targets, counted_fg, mask_norm),
     }
     if c_t is not None:
-        step["loss_mask_conf"] = mask_loss(mask_head, c_t, targets, counted, mask_norm)
+        step["loss_mask_conf"] = mask_loss(mask_head, c_t, targets, counted_fg, mask_norm)
     return step
 
 

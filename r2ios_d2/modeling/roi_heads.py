@@ -72,6 +72,8 @@ CONFIG_KEYS = {
     "mask_loss_normalizer": "MASK_LOSS_NORMALIZER",
     "conf_loss_weight": "CONF_LOSS_WEIGHT",
     "train_move_background": "TRAIN_MOVE_BACKGROUND",
+    "train_relabel_iterations": "TRAIN_RELABEL_ITERATIONS",
+    "train_move_foreground_by_prediction": "TRAIN_MOVE_FOREGROUND_BY_PREDICTION",
     "grad_probe_period": "GRAD_PROBE_PERIOD",
 }
 
@@ -168,6 +170,8 @@ class R2IOSROIHeads(StandardROIHeads):
         mask_loss_normalizer: str = "fg",
         conf_loss_weight: float = 1.0,
         train_move_background: bool = False,
+        train_relabel_iterations: bool = False,
+        train_move_foreground_by_prediction: bool = False,
         grad_probe_period: int = 0,
         **kwargs,
     ):
@@ -324,11 +328,17 @@ class R2IOSROIHeads(StandardROIHeads):
             mask_loss_weight=self.mask_loss_weight,
             conf_loss_weight=self.conf_loss_weight,
             mask_loss_normalizer=self.mask_loss_normalizer,
+            relabel_iou=self._foreground_iou() if self.train_relabel_iterations else None,
         )
         probe_gradients(
             totals, scored, [v_first] + [it[3] for it in iters[1:]], self.grad_probe_period
         )
         return totals
+
+    def _foreground_iou(self) -> float:
+        """The IoU from which the proposal matcher labels a proposal foreground."""
+        m = self.proposal_matcher
+        return next(lo for lo, label in zip(m.thresholds[:-1], m.labels) if label == 1)
 
     def _train_iterations(
         self,
@@ -345,6 +355,8 @@ class R2IOSROIHeads(StandardROIHeads):
         (DESIGN 2.4). With ``train_move_background``, the background proposals that are
         predicted foreground move as they would at test time (by the deltas of the predicted
         class, until predicted background) and are trained as background at every iteration.
+        With ``train_move_foreground_by_prediction`` the foreground ones move that way too
+        (their losses keep the ground-truth class and box).
 
         Returns:
             per iteration, the foreground rows' ``(l_{t-1}, logits, deltas, v, C or None)``
@@ -384,9 +396,11 @@ class R2IOSROIHeads(StandardROIHeads):
         bg_iters = [out[0][num_fg:]]
         for _ in range(1, self.num_iterations if len(run) else 1):
             with torch.no_grad():  # l_t is detached between iterations
-                # Foreground rows move by their GT class; background rows by the predicted
-                # class while it is foreground (they stay once predicted background).
-                move_cls[num_fg:] = out[0][num_fg:].argmax(dim=1)
+                # Foreground rows move by their GT class (or, as tested, by the predicted
+                # class); background rows by the predicted class while it is foreground
+                # (they stay once predicted background).
+                first = 0 if self.train_move_foreground_by_prediction else num_fg
+                move_cls[first:] = out[0][first:].argmax(dim=1)
                 go = move_cls < self.num_classes
                 new = cur.clone()
                 new[go] = self._refine(out[1][go], cur[go], move_cls[go], run_hw[go])
