@@ -341,16 +341,30 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     torch.testing.assert_close(losses["loss_cls"], expected / 4)
 
 
+def _two_class_heads(**r2ios):
+    """The heads of a tiny 2-class model with 8x8 masks and the given MODEL.R2IOS keys."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    for key, value in r2ios.items():
+        cfg.MODEL.R2IOS[key] = value
+    return _build(cfg).roi_heads
+
+
+def _train_step(heads):
+    """The losses and the logged scalars of one training step on :func:`_train_case`."""
+    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    with EventStorage() as storage:
+        losses = heads.forward_train(features, [_train_case()])
+        return losses, {k: v[0] for k, v in storage.latest().items()}
+
+
 @pytest.mark.parametrize("relabel", [False, True])
 def test_train_relabel_iterations_trains_a_box_that_left_its_instance_as_background(relabel):
     """TRAIN_RELABEL_ITERATIONS: from t = 2 on, a foreground row whose input box overlaps its
     ground truth by less than the foreground IoU counts as background in that iteration
     (cls target background, no box or mask loss); with the key off (the paper) its label
     stays."""
-    cfg = tiny_r2ios_cfg(num_classes=2)
-    cfg.MODEL.R2IOS.TRAIN_RELABEL_ITERATIONS = relabel
-    cfg.MODEL.R2IOS.MASK_SIZE = 8
-    heads = _build(cfg).roi_heads
+    heads = _two_class_heads(TRAIN_RELABEL_ITERATIONS=relabel)
     fg_logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     bg_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
     seen = []
@@ -367,10 +381,7 @@ def test_train_relabel_iterations_trains_a_box_that_left_its_instance_as_backgro
         return script(t, n)
 
     _scripted_predict(heads, recording, [])
-    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
-    with EventStorage() as storage:
-        losses = heads.forward_train(features, [_train_case()])
-        scalars = {k: v[0] for k, v in storage.latest().items()}
+    losses, scalars = _train_step(heads)
     assert seen == [4, 2, 2, 2]
     ce_a = F.cross_entropy(fg_logits[:1], torch.tensor([2 if relabel else 0]))
     fg_ce = F.cross_entropy(fg_logits, torch.tensor([0, 1]), reduction="sum")
@@ -395,10 +406,7 @@ def test_foreground_moves_by_the_predicted_class_with_the_key(by_prediction):
     """TRAIN_MOVE_FOREGROUND_BY_PREDICTION: a foreground row moves by the deltas of its
     predicted class and stays where it is predicted background; without the key (the
     paper) by those of its ground-truth class. The losses keep the ground-truth class."""
-    cfg = tiny_r2ios_cfg(num_classes=2)
-    cfg.MODEL.R2IOS.TRAIN_MOVE_FOREGROUND_BY_PREDICTION = by_prediction
-    cfg.MODEL.R2IOS.MASK_SIZE = 8
-    heads = _build(cfg).roi_heads
+    heads = _two_class_heads(TRAIN_MOVE_FOREGROUND_BY_PREDICTION=by_prediction)
     # Row A (class 0) predicted class 1, row B (class 1) predicted background, at every t.
     fg_logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
     bg_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
@@ -419,9 +427,7 @@ def test_foreground_moves_by_the_predicted_class_with_the_key(by_prediction):
         return out
 
     heads._predict = fake
-    features = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
-    with EventStorage():
-        losses = heads.forward_train(features, [_train_case()])
+    losses, _ = _train_step(heads)
     start = seen[0][:2]
     transform = heads.box_predictor.box2box_transform
     shift = torch.zeros(2, 4)
