@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
 from torchvision.ops import roi_align
@@ -197,7 +198,8 @@ def recursion_losses(
             bg_t = moving[t][0] if bg_t is None else bg_t + moving[t][0]
         foreground = None
         if relabel_iou is not None and t > 0 and num_fg > 0:
-            foreground = _box_overlap(it[0], rows.fg_gt_boxes) >= relabel_iou
+            overlap = matched_pairwise_iou(Boxes(it[0]), Boxes(rows.fg_gt_boxes))
+            foreground = overlap >= relabel_iou
             put_scalar(f"r2ios/relabelled_frac_t{t + 1}", 1.0 - foreground.float().mean().item())
         step = _iteration_losses(
             it, bg_t, counted, rows, box_predictor, mask_head, mask_norm, foreground
@@ -213,15 +215,6 @@ def recursion_losses(
         put_scalar(f"r2ios/frac_counted_t{t + 1}", (counted.sum().item() + n_bg) / num_rois)
     put_scalar("r2ios/frac_moving", num_fg / num_rois)
     return totals
-
-
-def _box_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N,) IoU of the row-aligned XYXY boxes ``a`` and ``b`` (N, 4)."""
-    lt = torch.max(a[:, :2], b[:, :2])
-    rb = torch.min(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(dim=1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
 def _moving_background_ce(
