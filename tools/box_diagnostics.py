@@ -67,6 +67,14 @@ def _box_iou(a, b):
     return pairwise_iou(Boxes(a), Boxes(b))
 
 
+def _row_iou(a, b):
+    """(N,) IoU of the row-aligned (N, 4) boxes ``a`` and ``b``."""
+    from detectron2.structures import Boxes
+    from detectron2.structures.boxes import matched_pairwise_iou
+
+    return matched_pairwise_iou(Boxes(a), Boxes(b))
+
+
 def _heads_step(model, features, boxes):
     """One pass of the ROI heads on (R, 4) input-frame boxes: logits (R, K+1), deltas,
     and the box transform."""
@@ -83,22 +91,16 @@ def _heads_step(model, features, boxes):
     return logits, deltas
 
 
-def _masks_in_boxes(model, features, boxes, classes):
-    """(R, M, M) foreground probabilities of the masks predicted inside (R, 4) input-frame
-    boxes: R2-IOS's mask head (as ``forward_with_given_boxes``) or the stock mask head's
-    channel of ``classes``."""
-    import torch
-    from detectron2.structures import Boxes
+def _masks_in_boxes(model, features, boxes, classes, image_size):
+    """(R, M, M) foreground probabilities of the masks the model predicts inside (R, 4)
+    input-frame boxes: its ROI heads' ``forward_with_given_boxes`` (R2-IOS's mask head, or
+    the stock mask head's channel of ``classes``; background is given the last class)."""
+    from detectron2.structures import Boxes, Instances
 
     rh = model.roi_heads
-    if hasattr(rh, "_predict"):  # R2IOSROIHeads
-        scored = rh.mask_head.score_maps(features)
-        d = rh.mask_head.foreground_logits(scored, [Boxes(boxes)])
-        return rh.mask_head.foreground_probs(d)
-    x = rh.mask_pooler([features[f] for f in rh.mask_in_features], [Boxes(boxes)])
-    logits = rh.mask_head.layers(x)  # (R, K or 1, M, M)
-    index = classes.clamp(max=logits.shape[1] - 1) if logits.shape[1] > 1 else 0 * classes
-    return logits[torch.arange(len(boxes)), index].sigmoid()
+    given = Instances(image_size, pred_boxes=Boxes(boxes))
+    given.pred_classes = classes.clamp(max=rh.num_classes - 1)
+    return rh.forward_with_given_boxes(features, [given])[0].pred_masks[:, 0]
 
 
 def _mask_iou(probs, boxes, gt_masks, image_size, threshold):
@@ -166,7 +168,7 @@ class RecursionStats:
             s = self.sums[mode]
             trace: Dict[str, list] = {"score": [], "iou": [], "mask_iou": [], "move": []}
             cur = proposals[rows]
-            prev = torch.diag(_box_iou(cur, gt_b))
+            prev = _row_iou(cur, gt_b)
             s["iou"][0] += float(prev.sum())
             s["iou70"][0] += float((prev >= 0.7).sum())
             for t in range(1, self.T + 1):
@@ -185,14 +187,14 @@ class RecursionStats:
                     )
                     trace["move"].append(_box_move(cur, new))
                     cur = new
-                now = torch.diag(_box_iou(cur, gt_b))
+                now = _row_iou(cur, gt_b)
                 if mode == "predicted":
                     fg = probs[:, :k] if gate_score == "foreground" else probs
                     trace["score"].append(fg.max(dim=1).values)
                     trace["iou"].append(now)
                     if masks is not None:
                         gt_masks, scale, threshold = masks
-                        m = _masks_in_boxes(model, features, cur, pred)
+                        m = _masks_in_boxes(model, features, cur, pred, tuple(hw[0].tolist()))
                         trace["mask_iou"].append(
                             _mask_iou(
                                 m, cur / scale, gt_masks[gt_idx[rows]],
