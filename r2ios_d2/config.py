@@ -35,6 +35,12 @@ def _add_vgg_config(_C: CN) -> None:
     _C.MODEL.VGG.SEG_FC6_DILATION = 12
     # Dilation of the seg branch's conv5 layers (pool4 removed -> 2).
     _C.MODEL.VGG.SEG_CONV5_DILATION = 2
+    # Where the two branches part. False: after conv3 (each branch has its own conv4, DESIGN
+    # 2.1). True: conv4 is shared too (one conv4_1..conv4_3 at stride 8; det then pools and runs
+    # its conv5, seg runs its dilated conv5), so the mask losses also train the conv4 that the
+    # box branch pools from, and conv4 runs once. The paper leaves it open ("several
+    # convolutional layers" feed both sub-networks).
+    _C.MODEL.VGG.SHARED_CONV4 = False
     # Feature maps the backbone returns: "det" (stride 16) and/or "seg" (stride 8).
     _C.MODEL.VGG.OUT_FEATURES = ["det", "seg"]
     # Normalisation after every conv: "" (VGG-16 as published; ImageNet weights) or "GN"

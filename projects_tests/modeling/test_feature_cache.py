@@ -14,10 +14,11 @@ from r2ios_d2.modeling.feature_cache import image_extent
 SMALL = dict(width=0.125, seg_fc_dim=64)
 
 
-def _pair(freeze_at, mb=8):
+def _pair(freeze_at, mb=8, shared_conv4=False):
     torch.manual_seed(0)
-    plain = VGG16TwoBranch(**SMALL, freeze_at=freeze_at)
-    cached = VGG16TwoBranch(**SMALL, freeze_at=freeze_at, frozen_feature_cache_mb=mb)
+    kw = dict(SMALL, freeze_at=freeze_at, shared_conv4=shared_conv4)
+    plain = VGG16TwoBranch(**kw)
+    cached = VGG16TwoBranch(**kw, frozen_feature_cache_mb=mb)
     cached.load_state_dict(plain.state_dict())
     return plain, cached
 
@@ -37,8 +38,9 @@ def test_image_extent_strips_only_the_zero_padding():
     assert image_extent(torch.zeros(3, 16, 16)) == (1, 1)
 
 
-def test_cached_features_equal_each_image_alone_and_are_computed_once():
-    plain, cached = _pair(freeze_at=5)
+@pytest.mark.parametrize("shared_conv4", [False, True])
+def test_cached_features_equal_each_image_alone_and_are_computed_once(shared_conv4):
+    plain, cached = _pair(freeze_at=5, shared_conv4=shared_conv4)
     x, sizes = _batch()
     first = cached(x)
     assert (cached.feature_cache.misses, cached.feature_cache.hits) == (2, 0)
@@ -54,9 +56,25 @@ def test_cached_features_equal_each_image_alone_and_are_computed_once():
             assert first[name].shape[-2:] == (64 // stride, 96 // stride)
 
 
+@pytest.mark.parametrize("shared_conv4", [False, True])
+@pytest.mark.parametrize("freeze_at", [3, 4])
+def test_cached_features_equal_the_plain_backbone_on_unpadded_images(freeze_at, shared_conv4):
+    # Below conv5 the learning layers see the padding of a mixed-size batch, so the exact
+    # comparison is on images that fill the batch.
+    plain, cached = _pair(freeze_at=freeze_at, shared_conv4=shared_conv4)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    expected = plain(x)
+    for _ in range(2):
+        got = cached(x)
+        for name in ("det", "seg"):
+            torch.testing.assert_close(got[name], expected[name])
+    assert (cached.feature_cache.misses, cached.feature_cache.hits) == (2, 2)
+
+
+@pytest.mark.parametrize("shared_conv4", [False, True])
 @pytest.mark.parametrize("freeze_at", [3, 4, 5])
-def test_gradients_reach_only_the_layers_that_learn(freeze_at):
-    _, cached = _pair(freeze_at=freeze_at)
+def test_gradients_reach_only_the_layers_that_learn(freeze_at, shared_conv4):
+    _, cached = _pair(freeze_at=freeze_at, shared_conv4=shared_conv4)
     x, _ = _batch()
     for _ in range(2):  # the second pass is served from the cache
         cached.zero_grad()

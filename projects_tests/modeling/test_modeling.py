@@ -91,6 +91,67 @@ def test_backbone_freeze_at(freeze_at):
         assert frozen == (block < freeze_at), name
 
 
+def _tie_conv4(state):
+    """A two-conv4 state dict whose seg_conv4_* are copies of det_conv4_*."""
+    state = dict(state)
+    for k in [k for k in state if k.startswith("seg_conv4_")]:
+        state[k] = state["det_" + k[len("seg_") :]].clone()
+    return state
+
+
+def test_shared_conv4_is_the_two_branch_backbone_with_one_conv4():
+    cfg = tiny_r2ios_cfg(width=1 / 16)
+    torch.manual_seed(0)
+    two = build_backbone(cfg)
+    cfg.MODEL.VGG.SHARED_CONV4 = True
+    one = build_backbone(cfg)
+    shared = [n.replace("det_", "") for n in VGG_CONVS if n.startswith("det_conv4")]
+    expected = [n for n in VGG_CONVS if "conv4" not in n] + shared
+    assert sorted(one.state_dict()) == sorted(
+        f"{n}.{p}" for n in expected for p in ("weight", "bias")
+    )
+    assert one.conv4_1.dilation == (1, 1) and one.seg_conv5_1.dilation == (2, 2)
+    # Loaded from a two-conv4 checkpoint whose branches hold the same conv4 (converted
+    # ImageNet weights): every key used, and the same outputs as the two-branch backbone.
+    tied = _tie_conv4(two.state_dict())
+    two.load_state_dict(tied)
+    result = one.load_state_dict(tied)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(one.conv4_2.weight, two.det_conv4_2.weight)
+    x = torch.randn(2, 3, 96, 128)
+    a, b = two(x), one(x)
+    for name in ("det", "seg"):
+        torch.testing.assert_close(b[name], a[name])
+    assert one.output_shape() == two.output_shape()
+    # The mask side's gradient reaches the conv4 that the det branch pools from.
+    one.zero_grad()
+    one(x)["seg"].square().mean().backward()
+    assert one.conv4_3.weight.grad.abs().sum() > 0 and one.det_conv5_1.weight.grad is None
+
+
+def test_shared_conv4_warns_when_the_checkpoint_has_two_different_conv4(caplog):
+    cfg = tiny_r2ios_cfg(width=1 / 16)
+    torch.manual_seed(0)
+    state = build_backbone(cfg).state_dict()
+    cfg.MODEL.VGG.SHARED_CONV4 = True
+    one = build_backbone(cfg)
+    with caplog.at_level("WARNING"):
+        assert not one.load_state_dict(state).unexpected_keys
+    assert "seg_conv4_1.weight is not used" in caplog.text
+    torch.testing.assert_close(one.conv4_1.weight, state["det_conv4_1.weight"])
+
+
+@pytest.mark.parametrize("freeze_at", [3, 4, 5])
+def test_shared_conv4_freeze_at(freeze_at):
+    cfg = tiny_r2ios_cfg(width=1 / 16)
+    cfg.MODEL.VGG.SHARED_CONV4 = True
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    bb = build_backbone(cfg)
+    assert bb.conv4_1.weight.requires_grad == (freeze_at < 4)
+    assert bb.det_conv5_1.weight.requires_grad == (freeze_at < 5)
+    assert bb.conv3_3.weight.requires_grad is False
+
+
 # ------------------------------------------------------------------------------ mask head
 def test_pool_after_score_equals_pool_then_score():
     torch.manual_seed(0)

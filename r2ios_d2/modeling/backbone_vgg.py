@@ -1,7 +1,8 @@
 """Two-branch VGG-16 backbone of R2-IOS (DESIGN 2.1).
 
 One trunk (conv1_1 .. conv3_3 with pool1-3, stride 8) feeds two branches with their own
-weights:
+weights (with ``shared_conv4`` the trunk also holds one conv4_1 .. conv4_3, and the branches
+start at conv5: det with pool4):
 
 - ``det``: conv4_1 .. conv4_3, pool4, conv5_1 .. conv5_3 (stride 16, no pool5), the input of
   the Fast R-CNN style refinement sub-network;
@@ -17,6 +18,7 @@ layers compute for each training image (:mod:`.feature_cache`), so that a step r
 layers that learn.
 """
 
+import logging
 import math
 from typing import Dict, List, Sequence
 
@@ -30,6 +32,8 @@ from torch.nn import functional as F
 from .feature_cache import FrozenFeatureCache
 
 __all__ = ["VGG16TwoBranch", "build_r2ios_vgg_backbone"]
+
+logger = logging.getLogger(__name__)
 
 # Channels of VGG-16's five conv blocks at WIDTH 1 and the number of convs in each.
 _BLOCK_CHANNELS = (64, 128, 256, 512, 512)
@@ -62,6 +66,7 @@ class VGG16TwoBranch(Backbone):
         seg_conv5_dilation: int = 2,
         seg_fc6_dilation: int = 12,
         seg_fc_dropout: float = 0.0,
+        shared_conv4: bool = False,
         out_features: Sequence[str] = ("det", "seg"),
         freeze_at: int = 0,
         norm: str = "",
@@ -77,9 +82,14 @@ class VGG16TwoBranch(Backbone):
             seg_fc6_dilation: dilation of the 3x3 ``seg_fc6`` conv.
             seg_fc_dropout: dropout probability after ``seg_fc6`` and ``seg_fc7`` in training
                 (0 = off).
+            shared_conv4: one conv4 (``conv4_1`` .. ``conv4_3``) in the trunk for both
+                branches instead of ``det_conv4_*`` and ``seg_conv4_*``. Checkpoints with the
+                branches' conv4 (e.g. converted ImageNet weights) load into it from
+                ``det_conv4_*``.
             out_features: subset of ``("det", "seg")`` to return.
             freeze_at: freeze the first ``freeze_at`` conv blocks (0 = nothing; 1 = conv1_*,
-                2 = conv1_* + conv2_*, 3 also conv3_*, 4 also both branches' conv4_*, 5 also
+                2 = conv1_* + conv2_*, 3 also conv3_*, 4 also conv4_* (both branches' or the
+                shared one), 5 also
                 both branches' conv5_*, 6 also ``seg_fc6`` / ``seg_fc7``).
             norm: ``""`` (VGG-16 as published, no normalisation) or ``"GN"`` (GroupNorm after
                 every conv, gcd(32, channels) groups; for training from scratch).
@@ -95,6 +105,7 @@ class VGG16TwoBranch(Backbone):
         if norm not in VGG_NORMS:
             raise ValueError(f"MODEL.VGG.NORM must be one of {VGG_NORMS}, got {norm!r}")
         self._norm = norm
+        self._shared_conv4 = bool(shared_conv4)
         if not 0 <= freeze_at <= 6:
             raise ValueError(f"freeze_at must be in [0, 6], got {freeze_at}")
         ch = [_scaled(c, width) for c in _BLOCK_CHANNELS]
@@ -128,7 +139,7 @@ class VGG16TwoBranch(Backbone):
                 for n in b
                 for p in getattr(self, n).parameters()
             ]
-            tag = repr((freeze_at, seg_conv5_dilation, norm))
+            tag = repr((freeze_at, seg_conv5_dilation, norm, self._shared_conv4))
             self.feature_cache = FrozenFeatureCache(
                 int(frozen_feature_cache_mb * 2**20),
                 frozen,
@@ -144,15 +155,17 @@ class VGG16TwoBranch(Backbone):
         seg_conv5_dilation: int,
         seg_fc6_dilation: int,
     ) -> None:
-        """The shared trunk (conv1-conv3), each branch's conv4/conv5, and seg_fc6/fc7."""
+        """The shared trunk (conv1-conv3, and conv4 if shared), each branch's conv4/conv5, and
+        seg_fc6/fc7."""
         prev = in_channels
-        for b in range(3):  # shared trunk
+        shared_blocks = 4 if self._shared_conv4 else 3
+        for b in range(shared_blocks):  # shared trunk
             for i in range(_BLOCK_DEPTHS[b]):
                 prev = self._add_conv(f"conv{b + 1}_{i + 1}", prev, ch[b], b)
         trunk_out = prev
         for branch, dilation5 in (("det", 1), ("seg", seg_conv5_dilation)):
             prev = trunk_out
-            for b, dilation in ((3, 1), (4, dilation5)):
+            for b, dilation in ((3, 1), (4, dilation5))[shared_blocks - 3 :]:
                 for i in range(_BLOCK_DEPTHS[b]):
                     name = f"{branch}_conv{b + 1}_{i + 1}"
                     prev = self._add_conv(name, prev, ch[b], b, dilation=dilation)
@@ -194,6 +207,28 @@ class VGG16TwoBranch(Backbone):
         self._blocks[block].append(name)
         return out_ch
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A shared conv4 takes the det branch's conv4 of a two-conv4 checkpoint (converted
+        # ImageNet / HED weights hold the same layer twice); the seg copy is dropped.
+        if self._shared_conv4:
+            for key in [k for k in state_dict if k.startswith(f"{prefix}det_conv4_")]:
+                rest = key[len(f"{prefix}det_") :]
+                if f"{prefix}{rest}" in state_dict:
+                    continue
+                det = state_dict.pop(key)
+                seg = state_dict.pop(f"{prefix}seg_{rest}", None)
+                if seg is not None and (seg.shape != det.shape or not torch.equal(seg, det)):
+                    logger.warning(
+                        "MODEL.VGG.SHARED_CONV4: %s%s loaded from det_%s; the checkpoint's "
+                        "different seg_%s is not used",
+                        prefix,
+                        rest,
+                        rest,
+                        rest,
+                    )
+                state_dict[f"{prefix}{rest}"] = det
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def freeze(self, freeze_at: int = 0) -> "VGG16TwoBranch":
         """Stop gradients of the first ``freeze_at`` conv blocks (see ``__init__``).
 
@@ -216,17 +251,28 @@ class VGG16TwoBranch(Backbone):
         # Caffe's VGG pools with ceil rounding; identical to floor on 16-divisible inputs.
         return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
 
-    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1-conv3 with pool1-pool3: (N, C, H, W) -> (N, 256*width, H/8, W/8)."""
-        for b in range(3):
+    def _trunk(self, x: torch.Tensor, start: int = 0, stop: int = 4) -> torch.Tensor:
+        """The trunk's blocks ``start + 1 .. stop``: conv1-conv3 with pool1-pool3, then the
+        shared conv4 if there is one: (N, C, H, W) -> (N, C', H/8, W/8)."""
+        for b in range(start, min(stop, 3)):
             x = self._pool(self._run(self._blocks[b][: _BLOCK_DEPTHS[b]], x))
+        if self._shared_conv4 and start < 4 <= stop:
+            x = self._run([f"conv4_{i}" for i in (1, 2, 3)], x)
         return x
 
+    @property
+    def _trunk_blocks(self) -> int:
+        """Conv blocks in the trunk (3, or 4 with the shared conv4)."""
+        return 4 if self._shared_conv4 else 3
+
     def _det(self, x: torch.Tensor, start: int, stop: int = 5) -> torch.Tensor:
-        """The det branch's conv blocks ``start + 1 .. stop`` (4: conv4 + pool4, 5: conv5)."""
+        """The det branch's conv blocks ``start + 1 .. stop`` (4: conv4 + pool4, 5: conv5;
+        with the shared conv4, pool4 comes with conv5)."""
         if start < 4 <= stop:
             x = self._pool(self._run([f"det_conv4_{i}" for i in (1, 2, 3)], x))
         if start < 5 <= stop:
+            if self._shared_conv4:
+                x = self._pool(x)
             x = self._run([f"det_conv5_{i}" for i in (1, 2, 3)], x)
         return x
 
@@ -243,11 +289,11 @@ class VGG16TwoBranch(Backbone):
 
     def _frozen(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Outputs of the frozen blocks (``freeze_at`` 3..5): the trunk's, or each branch's."""
-        x = self._trunk(x)
-        if self._freeze_at == 3:
+        x = self._trunk(x, 0, self._freeze_at)
+        if self._freeze_at <= self._trunk_blocks:
             return {"trunk": x}
         branches = {"det": self._det, "seg": self._seg}
-        return {k: branches[k](x, 3, self._freeze_at) for k in self._out_features}
+        return {k: branches[k](x, self._trunk_blocks, self._freeze_at) for k in self._out_features}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -261,14 +307,17 @@ class VGG16TwoBranch(Backbone):
         """
         if self.feature_cache is not None:
             strides = {k: self._out_feature_strides[k] for k in self._out_features}
-            if self._freeze_at == 3:
+            if self._freeze_at <= self._trunk_blocks:
                 strides = {"trunk": 8}
             cached = self.feature_cache.batch(x, self._frozen, self.size_divisibility, strides)
             start = self._freeze_at
-            det_in = cached.get("det", cached.get("trunk"))
-            seg_in = cached.get("seg", cached.get("trunk"))
+            if "trunk" in cached:
+                det_in = seg_in = self._trunk(cached["trunk"], start)
+                start = self._trunk_blocks
+            else:
+                det_in, seg_in = cached.get("det"), cached.get("seg")
         else:
-            start = 3
+            start = self._trunk_blocks
             det_in = seg_in = self._trunk(x)
         out = {}
         if "det" in self._out_features:
@@ -303,6 +352,7 @@ class VGG16TwoBranch(Backbone):
             "seg_conv5_dilation": cfg.MODEL.VGG.SEG_CONV5_DILATION,
             "seg_fc6_dilation": cfg.MODEL.VGG.SEG_FC6_DILATION,
             "seg_fc_dropout": cfg.MODEL.VGG.SEG_FC_DROPOUT,
+            "shared_conv4": cfg.MODEL.VGG.SHARED_CONV4,
             "out_features": cfg.MODEL.VGG.OUT_FEATURES,
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
             "norm": cfg.MODEL.VGG.NORM,
