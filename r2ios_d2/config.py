@@ -153,6 +153,10 @@ def _add_r2ios_test_config(_C: CN) -> None:
     # Output: "proposal" = one detection per surviving proposal (paper); "per_class" = Fast
     # R-CNN-style per-class detections from the gate's iteration.
     _C.MODEL.R2IOS.OUTPUT_MODE = "proposal"
+    # Score of an output: "gate" = its probability at the gate's iteration t' (paper);
+    # "mean" = its class's probability averaged over the T test iterations (box and mask
+    # still from t'), so that a proposal scored high only after moving ranks lower.
+    _C.MODEL.R2IOS.TEST_SCORE = "gate"
     # NMS on "box" IoU or on "mask" IoU (threshold: MODEL.ROI_HEADS.NMS_THRESH_TEST).
     _C.MODEL.R2IOS.NMS_TYPE = "box"
     # Resample v_{t'} from the frame of l_{t'-1} into the frame of l_{t'} (DESIGN 2.5).

@@ -66,6 +66,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
     return {
         "MODEL.R2IOS.GATE_SCORE": roi_heads.GATE_SCORES,
         "MODEL.R2IOS.OUTPUT_MODE": roi_heads.OUTPUT_MODES,
+        "MODEL.R2IOS.TEST_SCORE": roi_heads.TEST_SCORES,
         "MODEL.R2IOS.NMS_TYPE": roi_heads.NMS_TYPES,
         "MODEL.R2IOS.MASK_LOSS_NORMALIZER": roi_heads.MASK_LOSS_NORMALIZERS,
         "MODEL.R2IOS.SEG_AWARE_INPUT": tuple(box_head.SEG_AWARE_INPUTS),

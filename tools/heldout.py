@@ -11,7 +11,8 @@ stage 1 (``r2ios_tiny_stage1.yaml``) then stage 2 (``r2ios_tiny_stage2.yaml`` fr
 iterations as both stages together. Only ``DATASETS.TRAIN``, ``DATASETS.TEST`` and
 ``MODEL.ROI_HEADS.NUM_CLASSES`` change (plus ``OUTPUT_DIR``, ``MODEL.WEIGHTS``, ``SEED``
 and, with ``--scale``, the schedule). Each model is evaluated on the variant's val split; stage
-2 also with ``MODEL.R2IOS.OUTPUT_MODE per_class`` and with one test iteration
+2 also with the paper's readout (``MODEL.R2IOS.OUTPUT_MODE proposal``: one detection per
+proposal; the demo's recipe reads out per class) and with one test iteration
 (``MODEL.R2IOS.TEST_NUM_ITERATIONS 1``: what the recursion adds at test time).
 
     python tools/heldout.py                                 # 3 variants, seed 0 (est. 35-40 min)
@@ -108,8 +109,8 @@ class Row:
 ROWS = [
     Row("r2ios_stage1", "R2-IOS stage 1 (no gate)", "stage1", STAGE1),
     Row("r2ios", "R2-IOS stage 2 (gate)", "stage2", STAGE2),
-    Row("r2ios_per_class", "R2-IOS stage 2, per-class output", "stage2", STAGE2,
-        ("MODEL.R2IOS.OUTPUT_MODE", "per_class")),
+    Row("r2ios_per_proposal", "R2-IOS stage 2, one output per proposal", "stage2", STAGE2,
+        ("MODEL.R2IOS.OUTPUT_MODE", "proposal")),
     # The same weights with one test iteration: what the recursion adds at test time.
     Row("r2ios_test_t1", "R2-IOS stage 2, test T = 1", "stage2", STAGE2,
         ("MODEL.R2IOS.TEST_NUM_ITERATIONS", "1")),

@@ -148,11 +148,11 @@ def _evals(baseline_iters: int) -> List[_Eval]:
         # Stage 2's mask loss counts only the iterations up to the gate: not comparable.
         _Eval("stage2 (gate)", "stage2", "r2ios_tiny_stage2.yaml", "stage2"),
         _Eval(
-            "stage2, per-class output",
-            "stage2_per_class",
+            "stage2, one output per proposal",
+            "stage2_per_proposal",
             "r2ios_tiny_stage2.yaml",
             "stage2",
-            opts=("MODEL.R2IOS.OUTPUT_MODE", "per_class"),
+            opts=("MODEL.R2IOS.OUTPUT_MODE", "proposal"),
         ),
         _Eval(
             f"Mask R-CNN heads (stock detectron2, {baseline_iters} it)",

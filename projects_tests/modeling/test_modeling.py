@@ -671,8 +671,9 @@ def test_mask_from_output_box_predicts_inside_the_output_box(synthetic_inputs):
     assert not torch.allclose(paper.pred_masks, inst.pred_masks)
 
 
-def test_skip_background_gives_identical_outputs(synthetic_inputs):
-    model = _inference_model(synthetic_inputs)
+@pytest.mark.parametrize("test_score", ["gate", "mean"])
+def test_skip_background_gives_identical_outputs(synthetic_inputs, test_score):
+    model = _inference_model(synthetic_inputs, TEST_SCORE=test_score)
     heads = model.roi_heads
     predict = heads._predict
     rows = []
@@ -786,6 +787,80 @@ def test_gate_picks_documented_iteration(gate_score):
         assert inst.pred_boxes.tensor[k, 0].item() == pytest.approx(x0, abs=1e-4)
         mask_value = torch.sigmoid(torch.tensor(t + 1.0))
         torch.testing.assert_close(inst.pred_masks[k], torch.full((1, 8, 8), mask_value.item()))
+
+
+@pytest.mark.parametrize("output_mode", ["proposal", "per_class"])
+def test_mean_score_averages_each_class_over_the_iterations(output_mode):
+    """TEST_SCORE "mean": an output's score is its class's probability averaged over the T
+    iterations; class, box and mask stay those of the gate's iteration."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
+    cfg.MODEL.R2IOS.SKIP_BACKGROUND = False  # the script gives every row at every t
+    cfg.MODEL.R2IOS.OUTPUT_MODE = output_mode
+    cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    heads = _build(cfg).roi_heads.eval()
+    probs = torch.tensor(
+        [
+            [[0.6, 0.2, 0.2], [0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.7, 0.2, 0.1]],
+            [[0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.2, 0.4, 0.4], [0.3, 0.5, 0.2]],
+        ]
+    )
+    deltas = torch.tensor([1.0, 0, 0, 0]).repeat(2, 2)
+    p = Instances((64, 64))
+    p.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30], [20.0, 20, 40, 40]]))
+    feats = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    outputs = {}
+    for test_score in ("gate", "mean"):
+        heads.test_score = test_score
+        _scripted_predict(heads, lambda t, n: (torch.log(probs[:, t]), deltas, _v(n, t)), [])
+        outputs[test_score] = heads.forward_inference(feats, [p])[0]
+    gate, mean = outputs["gate"], outputs["mean"]
+    # Proposal 0: t' = 2 (0.9), class 0; proposal 1: t' = 1 (0.7, background) at t = 1, so its
+    # gate iteration is the first (0.7 > 0.6): class background, no proposal-mode output.
+    average = probs.mean(dim=1)
+    if output_mode == "proposal":
+        assert len(mean) == len(gate) == 1
+        assert mean.pred_classes.tolist() == [0] and mean.gate_iteration.tolist() == [1]
+        assert mean.scores.tolist() == pytest.approx([average[0, 0].item()])
+        assert gate.scores.tolist() == pytest.approx([0.9])
+    else:
+        got = sorted(zip(mean.gate_iteration.tolist(), mean.pred_classes.tolist(), mean.scores))
+        expected = [(0, 0, average[1, 0]), (0, 1, average[1, 1])]
+        expected += [(1, 0, average[0, 0]), (1, 1, average[0, 1])]
+        assert [g[:2] for g in got] == [e[:2] for e in expected]
+        torch.testing.assert_close(
+            torch.stack([g[2] for g in got]), torch.stack([e[2] for e in expected])
+        )
+    # Everything but the scores (and so the order) is the gate's output.
+    key = lambda inst: sorted(  # noqa: E731
+        zip(
+            inst.pred_classes.tolist(),
+            inst.pred_boxes.tensor[:, 0].tolist(),
+            inst.gate_iteration.tolist(),
+        )
+    )
+    assert key(mean) == key(gate)
+
+
+def test_mean_score_of_one_iteration_is_the_gate_score(synthetic_inputs):
+    model = _inference_model(synthetic_inputs, TEST_NUM_ITERATIONS=1, OUTPUT_MODE="per_class")
+    outputs = {}
+    for test_score in ("gate", "mean"):
+        model.roi_heads.test_score = test_score
+        with torch.no_grad():
+            outputs[test_score] = [o["instances"] for o in model(synthetic_inputs)]
+    for a, b in zip(outputs["gate"], outputs["mean"]):
+        assert len(a) > 0
+        for k, v in _fields(a).items():
+            torch.testing.assert_close(_fields(b)[k], v)
+
+
+def _v(n, t):
+    v = torch.zeros(n, 2, 8, 8)
+    v[:, 1] = t + 1.0
+    return v
 
 
 def test_per_class_output_when_no_later_iteration_wins_the_gate():

@@ -155,21 +155,24 @@ def test_tuned_recipes_move_background_in_training_and_paper_configs_do_not(conf
 
 
 @pytest.mark.parametrize(
-    "config,threshold,from_output_box",
+    "config,threshold,from_output_box,output_mode",
     [
-        ("synthetic/r2ios_tiny_stage1.yaml", 0.4, True),
-        ("synthetic/r2ios_tiny_stage2.yaml", 0.4, True),
-        ("synthetic/mask_rcnn_heads_tiny.yaml", 0.3, True),  # inherited; not read by its heads
-        ("real/r2ios_vgg16_real_stage1.yaml", 0.5, False),
-        ("r2ios_vgg16_sds_stage2.yaml", 0.5, False),  # the paper's output v_t'
+        ("synthetic/r2ios_tiny_stage1.yaml", 0.35, True, "per_class"),
+        ("synthetic/r2ios_tiny_stage2.yaml", 0.35, True, "per_class"),
+        # inherited; not read by its heads
+        ("synthetic/mask_rcnn_heads_tiny.yaml", 0.3, True, "per_class"),
+        ("real/r2ios_vgg16_real_stage1.yaml", 0.5, False, "proposal"),
+        ("r2ios_vgg16_sds_stage2.yaml", 0.5, False, "proposal"),  # the paper's output v_t'
     ],
 )
 def test_demo_recipe_test_settings_and_the_model_that_applies_them(
-    config, threshold, from_output_box
+    config, threshold, from_output_box, output_mode
 ):
-    """Each demo model's mask threshold (chosen on the demo's val split) reaches its pasted
-    masks through R2IOSRCNN; the other recipes keep 0.5 and the paper's mask."""
+    """Each demo model's test settings (chosen on the demo's val split) reach its pasted
+    masks through R2IOSRCNN; the other recipes keep 0.5, the paper's mask and readout."""
     cfg = load_config(os.path.join(REPO, "configs", config))
     assert cfg.MODEL.META_ARCHITECTURE == "R2IOSRCNN"
     assert cfg.MODEL.R2IOS.MASK_THRESHOLD == threshold
     assert cfg.MODEL.R2IOS.TEST_MASK_FROM_OUTPUT_BOX is from_output_box
+    assert cfg.MODEL.R2IOS.OUTPUT_MODE == output_mode
+    assert cfg.MODEL.R2IOS.TEST_SCORE == ("mean" if output_mode == "per_class" else "gate")

@@ -166,7 +166,7 @@ def test_heldout_changes_only_datasets_and_classes(heldout, tmp_path, monkeypatc
         opts = dict(_opts(cmd))
         # at the full schedule only the datasets, NUM_CLASSES and plumbing differ
         extra = {
-            "eval_r2ios_per_class": {"MODEL.R2IOS.OUTPUT_MODE"},
+            "eval_r2ios_per_proposal": {"MODEL.R2IOS.OUTPUT_MODE"},
             "eval_r2ios_test_t1": {"MODEL.R2IOS.TEST_NUM_ITERATIONS"},
         }.get(Path(opts["OUTPUT_DIR"]).name, set())
         assert set(opts) == DATA | PLUMBING | extra or set(opts) == DATA | PLUMBING - {

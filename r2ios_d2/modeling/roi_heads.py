@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 # The choices of the string arguments (the config validator reads them from here).
 GATE_SCORES = ("all", "foreground")
 OUTPUT_MODES = ("proposal", "per_class")
+TEST_SCORES = ("gate", "mean")
 NMS_TYPES = ("box", "mask")
 MASK_LOSS_NORMALIZERS = ("fg", "rois")
 
@@ -64,6 +65,7 @@ CONFIG_KEYS = {
     "mask_from_output_box": "TEST_MASK_FROM_OUTPUT_BOX",
     "skip_background": "SKIP_BACKGROUND",
     "output_mode": "OUTPUT_MODE",
+    "test_score": "TEST_SCORE",
     "nms_type": "NMS_TYPE",
     "reframe_mask": "REFRAME_MASK",
     "record_trace": "TEST_RECORD_TRACE",
@@ -81,6 +83,7 @@ CONFIG_KEYS = {
 _CHOICES = {
     "gate_score": GATE_SCORES,
     "output_mode": OUTPUT_MODES,
+    "test_score": TEST_SCORES,
     "nms_type": NMS_TYPES,
     "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
 }
@@ -162,6 +165,7 @@ class R2IOSROIHeads(StandardROIHeads):
         mask_from_output_box: bool = False,
         skip_background: bool = True,
         output_mode: str = "proposal",
+        test_score: str = "gate",
         nms_type: str = "box",
         reframe_mask: bool = True,
         record_trace: bool = False,
@@ -475,9 +479,16 @@ class R2IOSROIHeads(StandardROIHeads):
         trace = IterationTrace(len(boxes), T, M, boxes.device) if self.record_trace else None
         cur = boxes.clone()  # l_{t-1} of every proposal
         active = torch.arange(len(boxes), device=boxes.device)
+        # TEST_SCORE "mean": each proposal's class probabilities summed over the T
+        # iterations (an iteration it skipped repeats its last one exactly).
+        mean_score = self.test_score == "mean"
+        last_probs = boxes.new_zeros(len(boxes), K + 1) if mean_score else None
+        prob_sum = boxes.new_zeros(len(boxes), K + 1) if mean_score else None
+        done = 0
         for t in range(T):
             if len(active) == 0:
                 break
+            done = t + 1
             # Proposals iteration t runs on (SKIP_BACKGROUND drops background ones), for the
             # speed benchmark; skipped silently outside an EventStorage.
             put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
@@ -516,11 +527,19 @@ class R2IOSROIHeads(StandardROIHeads):
             if trace is not None:
                 trace.record(active, t, boxes=new_boxes, scores=gate, classes=cls, masks=mask_probs)
             cur[active] = new_boxes
+            if mean_score:
+                last_probs[active] = probs
+                prob_sum += last_probs
             if self.skip_background:
                 # A background prediction keeps the box, and so does a refinement that
                 # collapses or changes nothing: the next iteration would see the same input
                 # and repeat this one exactly (and never win the gate on a tie).
                 active = active[moving & (new_boxes != in_boxes).any(dim=1)]
+        if mean_score:
+            mean = (prob_sum + (T - done) * last_probs) / T
+            best.score = mean.gather(1, best.cls[:, None]).squeeze(1)
+            if best.per_class:
+                best.probs = mean
         return best, (trace.filled() if trace is not None else None)
 
     def forward_with_given_boxes(
