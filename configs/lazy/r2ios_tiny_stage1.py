@@ -27,8 +27,10 @@ _heads.mask_head.pooler_sampling_ratio = 1
 _heads.gate = False
 _heads.test_gate = False
 _heads.train_move_background = True
-_heads.mask_threshold = 0.4  # test time: see the YAML
+_heads.mask_threshold = 0.35  # test time: see the YAML
 _heads.mask_from_output_box = True
+_heads.output_mode = "per_class"
+_heads.test_score = "mean"
 
 for _loader, _short in ((dataloader.train, (256,)), (dataloader.test, 256)):
     _loader.mapper.augmentations[0].short_edge_length = _short

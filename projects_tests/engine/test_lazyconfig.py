@@ -34,7 +34,7 @@ PAIRS = [
 # Attributes of the built heads that the two configs must agree on.
 HEAD_ATTRS = (
     "num_iterations test_num_iterations gate test_gate gate_score mask_from_output_box "
-    "skip_background output_mode nms_type reframe_mask mask_threshold mask_loss_weight "
+    "skip_background output_mode test_score nms_type reframe_mask mask_threshold mask_loss_weight "
     "mask_loss_normalizer conf_loss_weight train_move_background grad_probe_period "
     "batch_size_per_image "
     "positive_fraction num_classes proposal_append_gt"
