@@ -15,7 +15,7 @@ and, with ``--scale``, the schedule). Each model is evaluated on the variant's v
 proposal; the demo's recipe reads out per class) and with one test iteration
 (``MODEL.R2IOS.TEST_NUM_ITERATIONS 1``: what the recursion adds at test time).
 
-    python tools/heldout.py                                 # 3 variants, seed 0 (est. 35-40 min)
+    python tools/heldout.py                                 # 4 variants, seed 0 (est. 45 min)
     python tools/heldout.py --quick                         # a 1 % schedule: a smoke run
     python tools/heldout.py --variants texture4 --seeds 0 1
     python tools/heldout.py --configs-dir configs/my_recipe --tag my_recipe

@@ -31,7 +31,7 @@ from r2ios_d2.data.synthetic import (
 # renders, and every file but the marker of a 2 + 1 image dataset.
 RENDER_SHA256 = "ed08b5bc9f175f366cf6dea5b7f123387dd2c5b51732a16f730711d7c2e1d79b"
 FILES_SHA256 = "8510432375f5e348051a7154b8deba9947ec97063ab759320ba795a32212e00b"
-PROMISED_CLASSES = {"texture4": 4, "dense": 6, "large_sparse": 4}
+PROMISED_CLASSES = {"texture4": 4, "dense": 6, "large_sparse": 4, "mixed8": 8}
 
 
 def _files_sha256(root):
