@@ -158,7 +158,7 @@ class VGG16TwoBranch(Backbone):
         """The shared trunk (conv1-conv3, and conv4 if shared), each branch's conv4/conv5, and
         seg_fc6/fc7."""
         prev = in_channels
-        shared_blocks = 4 if self._shared_conv4 else 3
+        shared_blocks = self._trunk_blocks
         for b in range(shared_blocks):  # shared trunk
             for i in range(_BLOCK_DEPTHS[b]):
                 prev = self._add_conv(f"conv{b + 1}_{i + 1}", prev, ch[b], b)
