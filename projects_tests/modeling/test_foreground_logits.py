@@ -97,6 +97,39 @@ def test_every_head_gives_the_channel_difference_with_the_same_gradients(head):
         torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("head", ["InstanceAwareAEMaskHead", "R2IOSFCMaskHead"])
+def test_derived_weights_shared_by_the_iterations_give_the_same_outputs_and_gradients(head):
+    """Inside ``reusing_derived_weights`` the channel difference is computed once for any
+    number of calls (the T iterations); outputs and gradients equal recomputing it per call,
+    and a parameter change after the context is seen."""
+    mask_head = _model(head).roi_heads.mask_head
+    features, boxes = _scored_and_boxes(mask_head)
+    weights = [torch.randn(7, 8, 8, generator=torch.Generator().manual_seed(t)) for t in range(3)]
+    results = []
+    for shared in (True, False):
+        mask_head.zero_grad()
+        scored = mask_head.score_maps(features)
+        with mask_head.reusing_derived_weights() if shared else torch.enable_grad():
+            ds = [mask_head.foreground_logits(scored, boxes) for _ in weights]
+            if shared:
+                assert len(mask_head._derived) == 1  # one derivation for the three calls
+        sum((d * w).sum() for d, w in zip(ds, weights)).backward()
+        grads = {n: p.grad.clone() for n, p in mask_head.named_parameters()}
+        results.append((torch.stack(ds).detach(), grads))
+    (d_shared, g_shared), (d_ref, g_ref) = results
+    assert torch.equal(d_shared, d_ref)
+    for name in g_ref:
+        torch.testing.assert_close(g_shared[name], g_ref[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert mask_head._derived is None
+    layer = mask_head.ae_fc2 if head == "InstanceAwareAEMaskHead" else mask_head.fc2
+    with torch.no_grad():
+        layer.bias[layer.bias.shape[0] // 2 :] += 1.0  # the foreground channel's bias
+        scored = mask_head.score_maps(features)
+        with mask_head.reusing_derived_weights():
+            d_new = mask_head.foreground_logits(scored, boxes)
+    torch.testing.assert_close(d_new, d_ref[0] + 1.0, rtol=0, atol=1e-5)
+
+
 def test_mask_loss_and_probabilities_from_d_equal_the_two_channel_ones():
     head = _model().roi_heads.mask_head
     v = torch.randn(5, 2, 8, 8) * 4

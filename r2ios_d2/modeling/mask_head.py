@@ -25,8 +25,9 @@ linear layer gives ``d`` directly from the difference of its two channels' weigh
 parameter, for half of that layer's cost (a quarter of the autoencoder's).
 """
 
+import contextlib
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -73,23 +74,44 @@ def foreground_logits(mask_logits: torch.Tensor) -> torch.Tensor:
     return mask_logits[:, 1] - mask_logits[:, 0]
 
 
+class _HalfDifference(torch.autograd.Function):
+    """``x[n:] - x[:n]`` along dim 0 for ``2n`` rows, whose backward writes ``(-g, g)`` in one
+    pass (autograd's own would zero-fill two full-size gradients and add them)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        n = x.shape[0] // 2
+        return x[n:] - x[:n]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.cat([-g, g])
+
+
 def _channel_difference(layer: nn.Linear, plane: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``x -> layer(x)[plane:] - layer(x)[:plane]`` for a linear layer with
     2 * plane outputs (channel 0 rows first, as ``vec`` of a (2, M, M) map lays them out);
     differentiable in the layer's parameters (autograd gives them the gradients they would get
     through the full layer followed by the difference)."""
     w, b = layer.weight, layer.bias
-    return w[plane:] - w[:plane], b[plane:] - b[:plane]
+    if w.shape[0] != 2 * plane:
+        raise ValueError(f"Expected a layer with {2 * plane} outputs, got {w.shape[0]}")
+    return _HalfDifference.apply(w), _HalfDifference.apply(b)
 
 
-def _two_fc(c: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, foreground: bool) -> torch.Tensor:
-    """``fc2(relu(fc1(vec(C))))`` as (R, 2, M, M) ``v``, or with ``foreground`` its (R, M, M)
-    ``d = v[:, 1] - v[:, 0]`` from the difference of ``fc2``'s two channels (half of ``fc2``)."""
+def _two_fc(
+    c: torch.Tensor,
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    difference: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``fc2(relu(fc1(vec(C))))`` as (R, 2, M, M) ``v``, or, given ``difference`` (the weight
+    and bias of :func:`_channel_difference` of ``fc2``), its (R, M, M) ``d = v[:, 1] -
+    v[:, 0]`` from them (half of ``fc2``)."""
     h = F.relu(fc1(c.flatten(1)))
-    if not foreground:
+    if difference is None:
         return fc2(h).view_as(c)
-    w, b = _channel_difference(fc2, c.shape[-1] * c.shape[-2])
-    return F.linear(h, w, b).view_as(c[:, 0])
+    return F.linear(h, *difference).view_as(c[:, 0])
 
 
 class R2IOSMaskHead(nn.Module):
@@ -138,6 +160,7 @@ class R2IOSMaskHead(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"Mask in_features must share a channel count, got {channels}")
         self.mask_size = mask_size
+        self._derived: Optional[Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = None
         self.score = nn.Conv2d(channels.pop(), 2, kernel_size=1)
         self.pooler = ROIPooler(
             output_size=mask_size,
@@ -145,6 +168,31 @@ class R2IOSMaskHead(nn.Module):
             sampling_ratio=pooler_sampling_ratio,
             pooler_type=pooler_type,
         )
+
+    @contextlib.contextmanager
+    def reusing_derived_weights(self) -> Iterator[None]:
+        """Inside, weights derived from the parameters (the channel difference of the last
+        layer, :meth:`foreground_logits`) are computed once and shared by every call: the T
+        recursive iterations of one forward pass, whose backward then runs through the
+        derivation once. The parameters must not change inside. Re-entrant."""
+        if self._derived is not None:
+            yield
+            return
+        self._derived = {}
+        try:
+            yield
+        finally:
+            self._derived = None
+
+    def _difference(self, layer: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:func:`_channel_difference` of ``layer`` (one of this head's M x M x 2-output
+        layers), from the cache inside :meth:`reusing_derived_weights`."""
+        if self._derived is None:
+            return _channel_difference(layer, self.mask_size**2)
+        key = id(layer)
+        if key not in self._derived:
+            self._derived[key] = _channel_difference(layer, self.mask_size**2)
+        return self._derived[key]
 
     def _init_weights(self, init_std: float) -> None:
         """Normal init of every conv/linear weight with std ``init_std``; biases 0."""
@@ -319,11 +367,11 @@ class InstanceAwareAEMaskHead(R2IOSMaskHead):
         }
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
-        v = _two_fc(c, self.ae_fc1, self.ae_fc2, foreground=False)
+        v = _two_fc(c, self.ae_fc1, self.ae_fc2)
         return c + v if self.residual else v
 
     def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
-        d = _two_fc(c, self.ae_fc1, self.ae_fc2, foreground=True)
+        d = _two_fc(c, self.ae_fc1, self.ae_fc2, self._difference(self.ae_fc2))
         return d + foreground_logits(c) if self.residual else d
 
 
@@ -363,7 +411,7 @@ class R2IOSFCMaskHead(R2IOSMaskHead):
         self._init_weights(init_std)
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
-        return _two_fc(c, self.fc1, self.fc2, foreground=False)
+        return _two_fc(c, self.fc1, self.fc2)
 
     def layers_foreground(self, c: torch.Tensor) -> torch.Tensor:
-        return _two_fc(c, self.fc1, self.fc2, foreground=True)
+        return _two_fc(c, self.fc1, self.fc2, self._difference(self.fc2))

@@ -252,11 +252,13 @@ class R2IOSROIHeads(StandardROIHeads):
             ``loss_mask``); inference: (one ``Instances`` per image, {}).
         """
         del images
-        if self.training:
-            assert targets, "'targets' argument is required during training"
-            proposals = self.label_and_sample_proposals(proposals, targets)
-            return proposals, self.forward_train(features, proposals)
-        return self.forward_inference(features, proposals), {}
+        # The iterations share the mask head's derived weights (computed once per pass).
+        with self.mask_head.reusing_derived_weights():
+            if self.training:
+                assert targets, "'targets' argument is required during training"
+                proposals = self.label_and_sample_proposals(proposals, targets)
+                return proposals, self.forward_train(features, proposals)
+            return self.forward_inference(features, proposals), {}
 
     def _predict(
         self,
