@@ -34,6 +34,8 @@ BAD_VALUES = [
     ("MODEL.R2IOS.MASK_LOSS_WEIGHT", float("nan"), "a finite number >= 0"),
     ("MODEL.R2IOS.MASK_INIT_STD", -0.1, "a finite number >= 0"),
     ("MODEL.R2IOS.MASK_THRESHOLD", 1.0, "> 0 and < 1"),
+    ("MODEL.R2IOS.TEST_REFINE_NMS", 1.0, ">= 0 and < 1"),
+    ("MODEL.R2IOS.TEST_REFINE_TOPK", -1, "an integer >= 0"),
     ("MODEL.VGG.WIDTH", 0.0, "a finite number > 0"),
     ("MODEL.VGG.OUT_FEATURES", ["det", "p2"], "'det', 'seg'"),
     ("MODEL.VGG.SEG_FC_DROPOUT", 1.0, ">= 0 and < 1"),

@@ -251,3 +251,29 @@ def test_residual_autoencoder_adds_its_output_to_the_confidence_maps():
         torch.testing.assert_close(
             residual.foreground_logits(scored, boxes), conv.foreground_logits(scored, boxes)
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_per_roi_loss_equals_torch_binary_cross_entropy_values_and_gradients(dtype):
+    from r2ios_d2.modeling.mask_head import R2IOSMaskHead
+
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(5, 6, 6, generator=g, dtype=dtype) * 6
+    d[0, 0, :4] = torch.tensor([100.0, -100.0, 0.0, 30.0], dtype=dtype)  # saturated, 0
+    targets = torch.rand(5, 6, 6, generator=g) > 0.5
+    weight = torch.rand(5, generator=g, dtype=dtype)
+    results = []
+    for fn in (R2IOSMaskHead.per_roi_loss, None):
+        x = d.clone().requires_grad_()
+        if fn is None:
+            loss = F.binary_cross_entropy_with_logits(x, targets.to(dtype), reduction="none")
+            loss = loss.mean(dim=(1, 2))
+        else:
+            loss = fn(x, targets)
+        (loss * weight).sum().backward()
+        results.append((loss.detach(), x.grad))
+    (loss, grad), (ref_loss, ref_grad) = results
+    assert loss.shape == (5,) and loss.dtype == dtype
+    atol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=atol)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=atol)

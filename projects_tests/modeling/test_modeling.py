@@ -1027,3 +1027,71 @@ def test_vgg_dropout_fc_head_is_the_stock_head_plus_dropout_in_training():
     assert not torch.equal(head.train()(x), head.eval()(x))
     with pytest.raises(ValueError, match="FC_DROPOUT"):
         VGGDropoutFCHead(shape, conv_dims=[], fc_dims=[4], fc_dropout=1.0)
+
+
+@pytest.mark.parametrize(
+    "refine_nms, refine_topk, continuing",
+    [(0.0, 0, [0, 1, 2]), (0.5, 0, [0, 2]), (0.0, 1, [0]), (0.5, 2, [0, 2]), (0.0, 2, [0, 1])],
+)
+def test_refine_budget_stops_duplicates_and_low_scores_after_iteration_one(
+    refine_nms, refine_topk, continuing
+):
+    """TEST_REFINE_NMS / TEST_REFINE_TOPK: after iteration 1, a proposal whose refined box
+    overlaps a higher-scoring one of its class (IoU > 0.5), or that ranks below the top k of
+    its image, stops and keeps its iteration-1 result; the others run all T iterations."""
+    cfg = tiny_r2ios_cfg(num_classes=2)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
+    cfg.MODEL.R2IOS.TEST_RECORD_TRACE = True
+    cfg.MODEL.R2IOS.MASK_SIZE = 8
+    cfg.MODEL.R2IOS.TEST_REFINE_NMS = refine_nms
+    cfg.MODEL.R2IOS.TEST_REFINE_TOPK = refine_topk
+    heads = _build(cfg).roi_heads.eval()
+    # Class 0 everywhere; at t = 1 the scores are .9 / .8 / .7, then .92, .94, .96 (the last
+    # iteration wins the gate). Proposals 0 and 1 overlap (IoU 0.82), 2 lies apart.
+    first = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.7, 0.2, 0.1]])
+    deltas = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])  # class 0 moves right by w / 10
+
+    def script(t, n):
+        later = torch.tensor([0.9 + 0.02 * t, 0.05 - 0.01 * t, 0.05 - 0.01 * t])
+        probs = first if t == 0 else later.repeat(n, 1)
+        return torch.log(probs), deltas.repeat(n, 1), _v(n, t)
+
+    record = []
+    _scripted_predict(heads, script, record)
+    p = Instances((64, 64))
+    p.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 30, 30], [12, 10, 32, 30], [30, 40, 50, 60]]))
+    feats = {"det": torch.zeros(1, 4, 4, 4), "seg": torch.zeros(1, 64, 8, 8)}
+    out = heads.forward_inference(feats, [p])[0]
+    assert record == [3] + [len(continuing)] * 3
+    assert len(out) == 3
+    proposal = {round(b[0].item()): i for i, b in enumerate(p.proposal_boxes.tensor)}
+    for x0, t_prime, x_out in zip(
+        out.trace_proposals[:, 0].tolist(), out.gate_iteration.tolist(), out.pred_boxes.tensor
+    ):
+        i = proposal[round(x0)]
+        steps = 4 if i in continuing else 1  # each iteration moves the box right by 2 px
+        assert t_prime == steps - 1
+        assert x_out[0].item() == pytest.approx(x0 + 2.0 * steps, abs=1e-3)
+
+
+def test_refine_budget_is_per_image_and_per_class():
+    heads = _build(tiny_r2ios_cfg(num_classes=2)).roi_heads.eval()
+    box = [10.0, 10, 30, 30]
+    boxes = torch.tensor([box, [11, 10, 31, 30], box, box, box, [50, 50, 60, 60], box])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95, 0.5, 0.99])
+    classes = torch.tensor([0, 0, 1, 0, 0, 0, 0])
+    images = torch.tensor([0, 0, 0, 1, 1, 1, 0])
+    go = torch.tensor([True, True, True, True, True, True, False])  # row 6 stops anyway
+
+    def budget(nms, topk):
+        heads.refine_nms, heads.refine_topk = nms, topk
+        return torch.nonzero(heads._refine_budget(go, boxes, scores, classes, images))
+
+    # NMS: row 1 overlaps row 0 (same image and class, lower score); row 2 is another
+    # class, row 3 another image (where it overlaps row 4, which scores higher).
+    assert budget(0.5, 0).flatten().tolist() == [0, 2, 4, 5]
+    assert budget(0.0, 1).flatten().tolist() == [0, 4]
+    assert budget(0.0, 2).flatten().tolist() == [0, 1, 3, 4]
+    assert budget(0.5, 2).flatten().tolist() == [0, 2, 4, 5]
+    assert budget(0.5, 1).flatten().tolist() == [0, 4]

@@ -88,6 +88,24 @@ class _HalfDifference(torch.autograd.Function):
         return torch.cat([-g, g])
 
 
+class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
+    """Element-wise ``-y log sigmoid(d) - (1 - y) log sigmoid(-d)`` as ``max(d, 0) - d y +
+    log(1 + exp(-|d|))``, with the gradient ``sigmoid(d) - y`` in ``d`` (targets get none).
+    ``F.binary_cross_entropy_with_logits``'s function; on CPU its ``log1p`` is not
+    vectorised and took ~2.5x as long forward and backward (102k pixels: 1.6 vs 0.64 ms).
+    Absolute difference below 1.2e-7 per pixel (``log(1 + e)`` for ``log1p(e)``)."""
+
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(d, y)
+        return d.clamp(min=0) - d * y + torch.log(1 + torch.exp(-d.abs()))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> Tuple[torch.Tensor, None]:  # noqa: D102
+        d, y = ctx.saved_tensors
+        return g * (torch.sigmoid(d) - y), None
+
+
 def _channel_difference(layer: nn.Linear, plane: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``x -> layer(x)[plane:] - layer(x)[:plane]`` for a linear layer with
     2 * plane outputs (channel 0 rows first, as ``vec`` of a (2, M, M) map lays them out);
@@ -306,8 +324,7 @@ class R2IOSMaskHead(nn.Module):
         if logits.numel() == 0:
             return logits.new_zeros((logits.shape[0],))
         d = foreground_logits(logits)
-        loss = F.binary_cross_entropy_with_logits(d, targets.to(d.dtype), reduction="none")
-        return loss.mean(dim=(1, 2))
+        return _BinaryCrossEntropyWithLogits.apply(d, targets.to(d.dtype)).mean(dim=(1, 2))
 
     @staticmethod
     def foreground_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ __all__ = [
     "TracedBoxes",
     "attach_trace",
     "bind_trace",
+    "candidate_masks",
     "class_wise_nms",
     "per_class_candidates",
     "proposal_candidates",
@@ -43,22 +44,16 @@ def _instances(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     classes: torch.Tensor,
-    masks: torch.Tensor,
 ) -> Instances:
     inst = Instances(image_size)
     inst.pred_boxes = Boxes(boxes)
     inst.scores = scores
     inst.pred_classes = classes
-    inst.pred_masks = masks[:, None]
     return inst
 
 
 def proposal_candidates(
-    best: BestIteration,
-    rows: torch.Tensor,
-    image_size: Tuple[int, int],
-    score_thresh: float,
-    reframe: bool,
+    best: BestIteration, rows: torch.Tensor, image_size: Tuple[int, int], score_thresh: float
 ) -> Tuple[Instances, torch.Tensor]:
     """One candidate per non-background proposal of ``rows`` (the paper's output).
 
@@ -67,26 +62,17 @@ def proposal_candidates(
         rows: (R_i,) the rows of one image.
         image_size: (H, W) of that image (network input).
         score_thresh: minimum score.
-        reframe: resample each mask from the box it was predicted in (``l_{t'-1}``) into
-            its output box ``l_{t'}``.
 
     Returns:
-        the candidates (``pred_boxes``, ``scores``, ``pred_classes``, ``pred_masks`` (N, 1,
-        M, M) foreground probabilities) and their (N,) rows.
+        the candidates (``pred_boxes``, ``scores``, ``pred_classes``; their masks:
+        :func:`candidate_masks`) and their (N,) rows.
     """
     keep = rows[(best.cls[rows] < best.num_classes) & (best.score[rows] > score_thresh)]
-    masks = best.mask[keep]
-    if reframe:
-        masks = reframe_masks(masks, best.frame[keep], best.box[keep])
-    return _instances(image_size, best.box[keep], best.score[keep], best.cls[keep], masks), keep
+    return _instances(image_size, best.box[keep], best.score[keep], best.cls[keep]), keep
 
 
 def per_class_candidates(
-    best: BestIteration,
-    rows: torch.Tensor,
-    image_size: Tuple[int, int],
-    score_thresh: float,
-    reframe: bool,
+    best: BestIteration, rows: torch.Tensor, image_size: Tuple[int, int], score_thresh: float
 ) -> Tuple[Instances, torch.Tensor]:
     """Fast R-CNN style: every (proposal, foreground class) of ``rows`` above the score
     threshold, from the gate's iteration, with the class-specific box. Arguments and
@@ -94,11 +80,25 @@ def per_class_candidates(
     probs = best.probs[rows, : best.num_classes]
     r, k = torch.nonzero(probs > score_thresh, as_tuple=True)
     src = rows[r]
-    boxes = best.class_boxes[src, k]
+    return _instances(image_size, best.class_boxes[src, k], probs[r, k], k), src
+
+
+def candidate_masks(
+    best: BestIteration, src: torch.Tensor, boxes: torch.Tensor, reframe: bool
+) -> torch.Tensor:
+    """The masks of candidates: ``v_{t'}`` of their rows ``src`` (N,), with ``reframe``
+    resampled from the box each was predicted in (``l_{t'-1}``) into the candidate's box
+    ``boxes`` (N, 4). Computed per candidate, so only for the ones NMS keeps (or, for mask
+    NMS, before it).
+
+    Returns:
+        (N, 1, M, M) foreground probabilities in the frame of ``boxes`` (or of ``l_{t'-1}``
+        without ``reframe``).
+    """
     masks = best.mask[src]
     if reframe:
         masks = reframe_masks(masks, best.frame[src], boxes)
-    return _instances(image_size, boxes, probs[r, k], k, masks), src
+    return masks[:, None]
 
 
 def _mask_nms(inst: Instances, thresh: float, mask_threshold: float) -> torch.Tensor:
@@ -135,7 +135,7 @@ def _mask_nms(inst: Instances, thresh: float, mask_threshold: float) -> torch.Te
 
 def class_wise_nms(
     inst: Instances, nms_type: str, thresh: float, topk: int, mask_threshold: float = 0.5
-) -> Instances:
+) -> Tuple[Instances, torch.Tensor]:
     """Class-wise NMS on box (``nms_type`` "box") or mask ("mask") IoU above ``thresh``,
     then the ``topk`` best (all if negative), sorted by decreasing score.
 
@@ -143,16 +143,19 @@ def class_wise_nms(
         inst: candidates with ``pred_boxes``, ``scores``, ``pred_classes`` and, for mask
             NMS, ``pred_masks`` (N, 1, M, M) probabilities in the frame of ``pred_boxes``.
         mask_threshold: binarisation threshold of the masks for mask IoU.
+
+    Returns:
+        the kept candidates and their (N',) indices in ``inst``.
     """
     if len(inst) == 0:
-        return inst
+        return inst, torch.zeros(0, dtype=torch.long, device=inst.scores.device)
     if nms_type == "box":
         keep = batched_nms(inst.pred_boxes.tensor, inst.scores, inst.pred_classes, thresh)
     else:
         keep = _mask_nms(inst, thresh, mask_threshold)
     if topk >= 0:
         keep = keep[:topk]
-    return inst[keep]
+    return inst[keep], keep
 
 
 def attach_trace(

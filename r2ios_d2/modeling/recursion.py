@@ -173,11 +173,18 @@ class BestIteration:
 
     Fields, each with R rows: ``gate`` (gate score, -inf before any iteration), ``t`` (0-based
     iteration), ``cls`` (K = background), ``score``, ``box`` (``l_t``), ``frame`` (``l_{t-1}``,
-    the box the mask was predicted in), ``mask`` (M, M foreground probabilities) and, for
-    per-class outputs, ``probs`` (K+1) and ``class_boxes`` (K, 4).
+    the box the mask was predicted in), ``mask`` (M, M foreground probabilities; None without
+    ``keep_masks``) and, for per-class outputs, ``probs`` (K+1) and ``class_boxes`` (K, 4).
     """
 
-    def __init__(self, boxes: torch.Tensor, num_classes: int, mask_size: int, per_class: bool):
+    def __init__(
+        self,
+        boxes: torch.Tensor,
+        num_classes: int,
+        mask_size: int,
+        per_class: bool,
+        keep_masks: bool = True,
+    ):
         r, k, m, device = len(boxes), num_classes, mask_size, boxes.device
         self.num_classes = num_classes
         self.gate = torch.full((r,), -math.inf, device=device)
@@ -186,7 +193,7 @@ class BestIteration:
         self.score = torch.zeros(r, device=device)
         self.box = boxes.clone()
         self.frame = boxes.clone()
-        self.mask = torch.zeros(r, m, m, device=device)
+        self.mask = torch.zeros(r, m, m, device=device) if keep_masks else None
         self.per_class = per_class
         if per_class:
             self.probs = torch.zeros(r, k + 1, device=device)

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_mask_head
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
@@ -30,6 +30,7 @@ from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
     attach_trace,
     bind_trace,
+    candidate_masks,
     class_wise_nms,
     per_class_candidates,
     proposal_candidates,
@@ -64,6 +65,8 @@ CONFIG_KEYS = {
     "test_gate": "TEST_GATE",
     "mask_from_output_box": "TEST_MASK_FROM_OUTPUT_BOX",
     "skip_background": "SKIP_BACKGROUND",
+    "refine_nms": "TEST_REFINE_NMS",
+    "refine_topk": "TEST_REFINE_TOPK",
     "output_mode": "OUTPUT_MODE",
     "test_score": "TEST_SCORE",
     "nms_type": "NMS_TYPE",
@@ -100,6 +103,10 @@ def _invalid_number(arg: str, value: object) -> Optional[str]:
         return None if number and isinstance(value, int) and value >= 0 else "an integer >= 0"
     if arg in ("mask_loss_weight", "conf_loss_weight"):
         return None if number and math.isfinite(value) and value >= 0 else "a number >= 0"
+    if arg == "refine_nms":
+        return None if number and 0 <= value < 1 else "a number >= 0 and < 1 (0 = off)"
+    if arg == "refine_topk":
+        return None if number and isinstance(value, int) and value >= 0 else "an integer >= 0"
     if arg == "mask_threshold":
         return None if number and 0 < value < 1 else "a number > 0 and < 1"
     return None
@@ -164,6 +171,8 @@ class R2IOSROIHeads(StandardROIHeads):
         test_gate: bool = True,
         mask_from_output_box: bool = False,
         skip_background: bool = True,
+        refine_nms: float = 0.0,
+        refine_topk: int = 0,
         output_mode: str = "proposal",
         test_score: str = "gate",
         nms_type: str = "box",
@@ -443,18 +452,25 @@ class R2IOSROIHeads(StandardROIHeads):
         results = []
         for i, p in enumerate(proposals):
             rows = torch.nonzero(image_idx == i).squeeze(1)
-            inst, src = candidates(
-                best, rows, p.image_size, predictor.test_score_thresh, self.reframe_mask
-            )
+            inst, src = candidates(best, rows, p.image_size, predictor.test_score_thresh)
             if trace is not None:
                 attach_trace(inst, src, trace, boxes, best.t)
-            inst = class_wise_nms(
+            if self.nms_type == "mask":
+                inst.pred_masks = candidate_masks(
+                    best, src, inst.pred_boxes.tensor, self.reframe_mask
+                )
+            inst, keep = class_wise_nms(
                 inst,
                 self.nms_type,
                 predictor.test_nms_thresh,
                 predictor.test_topk_per_image,
                 self.mask_threshold,
             )
+            if not self.mask_from_output_box and not inst.has("pred_masks"):
+                # Resampled for the kept detections only.
+                inst.pred_masks = candidate_masks(
+                    best, src[keep], inst.pred_boxes.tensor, self.reframe_mask
+                )
             results.append(bind_trace(inst))
         if self.mask_from_output_box:
             self.forward_with_given_boxes(features, results)
@@ -477,7 +493,10 @@ class R2IOSROIHeads(StandardROIHeads):
             the kept iteration of every proposal, and the per-iteration trace (or None).
         """
         K, T, M = self.num_classes, self.test_num_iterations, self.mask_head.mask_size
-        best = BestIteration(boxes, K, M, self.output_mode == "per_class")
+        # The gate's v_{t'} is kept only where an output uses it (not when every output's
+        # mask is predicted again in its output box, unless mask NMS compares them first).
+        keep_masks = not self.mask_from_output_box or self.nms_type == "mask"
+        best = BestIteration(boxes, K, M, self.output_mode == "per_class", keep_masks)
         trace = IterationTrace(len(boxes), T, M, boxes.device) if self.record_trace else None
         cur = boxes.clone()  # l_{t-1} of every proposal
         active = torch.arange(len(boxes), device=boxes.device)
@@ -525,7 +544,9 @@ class R2IOSROIHeads(StandardROIHeads):
                     hw[active[better]],
                     K,
                 )
-            best.update(active[better], better, t, mask=mask_probs, **values)
+            if keep_masks:
+                values["mask"] = mask_probs
+            best.update(active[better], better, t, **values)
             if trace is not None:
                 trace.record(active, t, boxes=new_boxes, scores=gate, classes=cls, masks=mask_probs)
             cur[active] = new_boxes
@@ -536,13 +557,47 @@ class R2IOSROIHeads(StandardROIHeads):
                 # A background prediction keeps the box, and so does a refinement that
                 # collapses or changes nothing: the next iteration would see the same input
                 # and repeat this one exactly (and never win the gate on a tie).
-                active = active[moving & (new_boxes != in_boxes).any(dim=1)]
+                go = moving & (new_boxes != in_boxes).any(dim=1)
+                if t + 1 < T and (self.refine_nms > 0 or self.refine_topk > 0):
+                    go = self._refine_budget(go, new_boxes, gate, cls, image_idx[active])
+                active = active[go]
         if mean_score:
             mean = (prob_sum + (T - done) * last_probs) / T
             best.score = mean.gather(1, best.cls[:, None]).squeeze(1)
             if best.per_class:
                 best.probs = mean
         return best, (trace.filled() if trace is not None else None)
+
+    def _refine_budget(
+        self,
+        go: torch.Tensor,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        classes: torch.Tensor,
+        images: torch.Tensor,
+    ) -> torch.Tensor:
+        """``TEST_REFINE_NMS`` / ``TEST_REFINE_TOPK``: which of the rows that would continue
+        (``go``, (A,) bool) do, given their refined boxes (A, 4), scores, predicted classes
+        and images (A,)."""
+        rows = torch.nonzero(go).squeeze(1)
+        if len(rows) == 0:
+            return go
+        s = scores[rows]
+        if self.refine_nms > 0:
+            group = images[rows] * (self.num_classes + 1) + classes[rows]
+            keep = batched_nms(boxes[rows], s, group, self.refine_nms)
+        else:
+            keep = torch.argsort(s, descending=True, stable=True)
+        if self.refine_topk > 0:
+            img = images[rows][keep]  # in descending score order
+            order = torch.argsort(img, stable=True)
+            first = torch.searchsorted(img[order], img[order])
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(order), device=order.device) - first
+            keep = keep[rank < self.refine_topk]
+        out = torch.zeros_like(go)
+        out[rows[keep]] = True
+        return out
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
