@@ -89,6 +89,38 @@ def test_pretrained_lr_factor_splits_groups():
     assert all(g["weight_decay"] == 1e-4 for g in out)
 
 
+def test_adamw_is_fused_where_torch_supports_it_with_the_same_update():
+    from conftest import tiny_r2ios_cfg
+    from detectron2.modeling import build_model
+
+    from r2ios_d2.engine import build_r2ios_optimizer
+    from r2ios_d2.engine.optimizer import _fused_adamw_supported
+
+    cfg = tiny_r2ios_cfg()
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    models, opts = [], []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        opt = build_r2ios_optimizer(cfg, model)
+        if not fused:  # the same groups, torch's per-tensor loop
+            groups = [{**g, "fused": None, "foreach": False} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+            assert not any(g["fused"] for g in opt.param_groups)
+        models.append(model)
+        opts.append(opt)
+    supported = _fused_adamw_supported(models[0])
+    assert all(g.get("fused") == (supported or None) for g in opts[0].param_groups)
+    for model, opt in zip(models, opts):
+        for step in range(2):
+            g = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_convert_vgg16_mapping():
     torchvision = pytest.importorskip("torchvision")
     sd = torchvision.models.vgg16(weights=None).state_dict()
