@@ -114,6 +114,9 @@ ROWS = [
     # The same weights with one test iteration: what the recursion adds at test time.
     Row("r2ios_test_t1", "R2-IOS stage 2, test T = 1", "stage2", STAGE2,
         ("MODEL.R2IOS.TEST_NUM_ITERATIONS", "1")),
+    # Without the demo's test-time budget: every moving proposal runs all T iterations.
+    Row("r2ios_refine_all", "R2-IOS stage 2, every proposal refined (no TEST_REFINE_NMS)",
+        "stage2", STAGE2, ("MODEL.R2IOS.TEST_REFINE_NMS", "0.0")),
     Row("mask_rcnn_heads", "Mask R-CNN heads (stock detectron2)", "mask_rcnn_heads", HEADS),
 ]  # fmt: skip
 

@@ -31,6 +31,7 @@ _heads.mask_threshold = 0.35  # test time: see the YAML
 _heads.mask_from_output_box = True
 _heads.output_mode = "per_class"
 _heads.test_score = "mean"
+_heads.refine_nms = 0.5
 
 for _loader, _short in ((dataloader.train, (256,)), (dataloader.test, 256)):
     _loader.mapper.augmentations[0].short_edge_length = _short

@@ -19,6 +19,7 @@ from reliability_utils import REPO, make_dataset, run_train_net, tiny_opts, writ
 from r2ios_d2 import add_r2ios_config
 from r2ios_d2.config_checks import check_lazy_overrides
 from r2ios_d2.data import SYNTHETIC_CLASSES
+from r2ios_d2.modeling.roi_heads import CONFIG_KEYS
 
 LAZY = os.path.join(REPO, "configs", "lazy")
 
@@ -32,13 +33,11 @@ PAIRS = [
 ]
 
 # Attributes of the built heads that the two configs must agree on.
+# Every MODEL.R2IOS setting of the heads, and the sampling ones.
 HEAD_ATTRS = (
-    "num_iterations test_num_iterations gate test_gate gate_score mask_from_output_box "
-    "skip_background output_mode test_score nms_type reframe_mask mask_threshold mask_loss_weight "
-    "mask_loss_normalizer conf_loss_weight train_move_background grad_probe_period "
-    "batch_size_per_image "
-    "positive_fraction num_classes proposal_append_gt"
-).split()
+    *CONFIG_KEYS,
+    *"batch_size_per_image positive_fraction num_classes proposal_append_gt".split(),
+)
 PREDICTOR_ATTRS = (
     "seg_aware seg_input seg_scale seg_grad_scale test_score_thresh test_nms_thresh "
     "test_topk_per_image smooth_l1_beta"

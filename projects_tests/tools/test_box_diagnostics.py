@@ -176,3 +176,6 @@ def test_demo_recipe_test_settings_and_the_model_that_applies_them(
     assert cfg.MODEL.R2IOS.TEST_MASK_FROM_OUTPUT_BOX is from_output_box
     assert cfg.MODEL.R2IOS.OUTPUT_MODE == output_mode
     assert cfg.MODEL.R2IOS.TEST_SCORE == ("mean" if output_mode == "per_class" else "gate")
+    # The demo refines one of each group of overlapping proposals; the paper, every one.
+    assert cfg.MODEL.R2IOS.TEST_REFINE_NMS == (0.5 if output_mode == "per_class" else 0.0)
+    assert cfg.MODEL.R2IOS.TEST_REFINE_TOPK == 0

@@ -168,6 +168,7 @@ def test_heldout_changes_only_datasets_and_classes(heldout, tmp_path, monkeypatc
         extra = {
             "eval_r2ios_per_proposal": {"MODEL.R2IOS.OUTPUT_MODE"},
             "eval_r2ios_test_t1": {"MODEL.R2IOS.TEST_NUM_ITERATIONS"},
+            "eval_r2ios_refine_all": {"MODEL.R2IOS.TEST_REFINE_NMS"},
         }.get(Path(opts["OUTPUT_DIR"]).name, set())
         assert set(opts) == DATA | PLUMBING | extra or set(opts) == DATA | PLUMBING - {
             "MODEL.WEIGHTS"
