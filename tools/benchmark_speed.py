@@ -80,6 +80,8 @@ from r2ios_d2.benchmarking.speed_setup import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# MODEL.R2IOS.TEST_REFINE_NMS of the demo recipe (configs/synthetic/r2ios_tiny_stage1.yaml).
+DEMO_REFINE_NMS = 0.5
 logger = logging.getLogger("r2ios_d2.benchmark")
 
 
@@ -91,6 +93,7 @@ class _Case:
     proposals: int
     T: int = 0
     skip: Optional[bool] = None
+    refine_nms: float = 0.0  # MODEL.R2IOS.TEST_REFINE_NMS (the demo recipe's budget: 0.5)
 
 
 def _timed(fn: Callable[[], object], device: str) -> Tuple[object, float]:
@@ -124,6 +127,8 @@ def _inference_cases(args) -> List[_Case]:
         for T in args.iterations:
             for skip in (True, False) if T > 1 else (True,):  # identical paths at T = 1
                 cases.append(_Case("R2-IOS", n, T, skip))
+            if T > 1:  # the demo recipe's test-time budget of iterations 2..T
+                cases.append(_Case("R2-IOS", n, T, True, DEMO_REFINE_NMS))
     return cases
 
 
@@ -156,6 +161,7 @@ def _inference_rows(cases: List[_Case], m: dict, width: float, backbone_ms: floa
                 "proposals": case.proposals,
                 "T": case.T or None,
                 "skip_background": case.skip,
+                "refine_nms": case.refine_nms if case.method == "R2-IOS" else None,
                 "heads_ms": heads_ms,
                 "heads_ms_all": [1000 * t for t in m["times"][i]],
                 "total_ms": backbone_ms + heads_ms,
@@ -200,6 +206,7 @@ def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]
             out, _ = base_heads(images, feats, props[case.proposals])
         else:
             heads.test_num_iterations, heads.skip_background = case.T, case.skip
+            heads.refine_nms = case.refine_nms
             out, _ = heads(images, feats, props[case.proposals])
         detector_postprocess(out[0], h, w)
         return len(out[0])

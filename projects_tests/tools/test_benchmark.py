@@ -47,8 +47,8 @@ def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
     assert speed.main(argv) == 0
     result = json.loads((tmp_path / "speed_cpu_test.json").read_text())
     assert (tmp_path / "speed_cpu_test.md").read_text().startswith("# Speed and memory")
-    # per proposal count: baseline, T=1, T=4 with skip on and off
-    assert len(result["inference"]) == 2 * 4
+    # per proposal count: baseline, T=1, T=4 with skip on and off, and with the refine budget
+    assert len(result["inference"]) == 2 * 5
     for row in result["inference"]:
         if row["method"] == "baseline":
             assert row["heads_ratio_to_baseline"] == pytest.approx(1.0)
@@ -61,6 +61,15 @@ def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
     skip_on = [r for r in result["inference"] if r["T"] == 4 and r["skip_background"]]
     assert all(len(r["active_per_iteration"]) <= 4 for r in skip_on)
     assert all(r["active_per_iteration"][1] < r["proposals"] for r in skip_on)
+    for n in (16, 32):  # the budget refines a subset of what skip-background alone refines
+        budget, plain = (
+            next(r for r in skip_on if r["proposals"] == n and bool(r["refine_nms"]) == b)
+            for b in (True, False)
+        )
+        assert budget["refine_nms"] == 0.5
+        assert budget["active_per_iteration"][0] == plain["active_per_iteration"][0]
+        assert sum(budget["active_per_iteration"]) <= sum(plain["active_per_iteration"])
+    assert sum("TEST_REFINE_NMS 0.5" in g["goal"] for g in result["goals"]) == 2
     assert [(r["method"], r["T"], r["gate"]) for r in result["train"]] == [
         ("baseline", None, None),
         ("R2-IOS", 1, False),
@@ -250,22 +259,34 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
         (stage, source, case)
         for stage in ("stage1", "stage2")
         for source in ("selective_search", "random_16")
-        for case in ("R2-IOS T=1", "R2-IOS T=4", "stock heads")
+        for case in ("R2-IOS T=1", "R2-IOS T=4", "R2-IOS T=4, all refined", "stock heads")
     }
     for r in demo["inference"]:
         assert r["ms_per_image"] > r["heads_ms"] > 0 and r["profile_ms"]["backbone"] > 0
         if r["case"].startswith("R2-IOS"):
             # The demo configs' mask from the output box is its own stage, not an iteration.
             assert "output_box_masks" in r["profile_ms"]
-            assert ("mask_head_ae t2" in r["profile_ms"]) == (r["case"] == "R2-IOS T=4")
+            assert ("mask_head_ae t2" in r["profile_ms"]) == r["case"].startswith("R2-IOS T=4")
             assert "mask_head_ae t5" not in r["profile_ms"]
         if r["case"] == "R2-IOS T=1":
             assert r["iterations_after_first_ms"] == 0
-        if r["case"] == "R2-IOS T=4":
+        if r["case"].startswith("R2-IOS T=4"):
             assert r["active_per_iteration"][0] == (32 if r["proposals"] == "random_16" else 24)
             assert "box_head t1" in r["profile_ms"] and "nms" in r["profile_ms"]
         elif r["case"] == "stock heads":
             assert r["ratio_to_stock"] == pytest.approx(1.0) and "paste" in r["profile_ms"]
+    # The demo recipe's budget refines a subset of the proposals that refining all does.
+    for stage in ("stage1", "stage2"):
+        for source in ("selective_search", "random_16"):
+            budget, every = (
+                next(
+                    r["active_per_iteration"]
+                    for r in demo["inference"]
+                    if (r["stage"], r["proposals"], r["case"]) == (stage, source, case)
+                )
+                for case in ("R2-IOS T=4", "R2-IOS T=4, all refined")
+            )
+            assert budget[0] == every[0] and sum(budget) <= sum(every)
     assert [r["model"] for r in demo["train"]] == ["stock", "stage1", "stage2"]
     assert [(r["T"], r["gate"]) for r in demo["train"]] == [(None, None), (4, False), (4, True)]
     assert all({"backbone", "roi_heads", "backward"} <= set(r["profile_ms"]) for r in demo["train"])

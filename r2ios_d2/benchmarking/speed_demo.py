@@ -53,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
+# The demo case of T = 4 without the recipe's TEST_REFINE_NMS (every moving proposal refined).
+REFINE_ALL_CASE = "R2-IOS T=4, all refined"
 # The demo's configs: R2-IOS stages 1 and 2 and the stock Mask R-CNN heads.
 DEMO_CONFIGS = {
     "stage1": "configs/synthetic/r2ios_tiny_stage1.yaml",
@@ -142,11 +144,14 @@ def _stage_table(stages: Dict[str, float], backbone_ms: float) -> Dict[str, floa
     return out
 
 
-def _r2ios_case(model, T: int) -> Callable:
+def _r2ios_case(model, T: int, refine_nms: Optional[float] = None) -> Callable:
+    """R2-IOS at T test iterations, with the config's ``TEST_REFINE_NMS`` or ``refine_nms``."""
     heads = model.roi_heads
+    configured = heads.refine_nms
 
     def run(images, feats, props):
         heads.test_num_iterations = T
+        heads.refine_nms = configured if refine_nms is None else refine_nms
         return heads(images, feats, props)[0]
 
     return run
@@ -204,6 +209,8 @@ def bench_demo_inference(
         "R2-IOS T=4": _r2ios_case(model, 4),
         "stock heads": lambda images, feats, props: stock_heads(images, feats, props)[0],
     }
+    if model.roi_heads.refine_nms > 0:  # the recipe's budget against refining every proposal
+        cases[REFINE_ALL_CASE] = _r2ios_case(model, 4, refine_nms=0.0)
     sources = list(prepared[0][3])
 
     def backbone_pass() -> float:
