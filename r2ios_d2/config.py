@@ -157,12 +157,13 @@ def _add_r2ios_test_config(_C: CN) -> None:
     # "mean" = its class's probability averaged over the T test iterations (box and mask
     # still from t'), so that a proposal scored high only after moving ranks lower.
     _C.MODEL.R2IOS.TEST_SCORE = "gate"
-    # Test-time budget of iterations 2..T (0 = off, every moving proposal continues: the
-    # paper). TEST_REFINE_NMS: among the proposals that would continue, one whose refined box
-    # overlaps a higher-scoring one of the same image and predicted class by more than this
-    # IoU stops there (keeps its result so far). TEST_REFINE_TOPK: at most this many
-    # proposals per image continue, highest score first.
+    # Test-time budget of iterations 2..T: of the proposals that would go on to the next
+    # iteration, one whose refined box overlaps a higher-scoring one of the same image and
+    # predicted class by more than this IoU stops and keeps its result so far (0 = off, every
+    # moving proposal is refined T times: the paper).
     _C.MODEL.R2IOS.TEST_REFINE_NMS = 0.0
+    # Test-time budget of iterations 2..T: at most this many proposals per image go on to the
+    # next iteration, highest score first; the others keep their result so far (0 = off).
     _C.MODEL.R2IOS.TEST_REFINE_TOPK = 0
     # NMS on "box" IoU or on "mask" IoU (threshold: MODEL.ROI_HEADS.NMS_THRESH_TEST).
     _C.MODEL.R2IOS.NMS_TYPE = "box"
