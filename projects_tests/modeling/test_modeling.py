@@ -1029,12 +1029,13 @@ def test_vgg_dropout_fc_head_is_the_stock_head_plus_dropout_in_training():
         VGGDropoutFCHead(shape, conv_dims=[], fc_dims=[4], fc_dropout=1.0)
 
 
+@pytest.mark.parametrize("skip_background", [True, False])
 @pytest.mark.parametrize(
     "refine_nms, refine_topk, continuing",
     [(0.0, 0, [0, 1, 2]), (0.5, 0, [0, 2]), (0.0, 1, [0]), (0.5, 2, [0, 2]), (0.0, 2, [0, 1])],
 )
 def test_refine_budget_stops_duplicates_and_low_scores_after_iteration_one(
-    refine_nms, refine_topk, continuing
+    refine_nms, refine_topk, continuing, skip_background
 ):
     """TEST_REFINE_NMS / TEST_REFINE_TOPK: after iteration 1, a proposal whose refined box
     overlaps a higher-scoring one of its class (IoU > 0.5), or that ranks below the top k of
@@ -1046,6 +1047,7 @@ def test_refine_budget_stops_duplicates_and_low_scores_after_iteration_one(
     cfg.MODEL.R2IOS.MASK_SIZE = 8
     cfg.MODEL.R2IOS.TEST_REFINE_NMS = refine_nms
     cfg.MODEL.R2IOS.TEST_REFINE_TOPK = refine_topk
+    cfg.MODEL.R2IOS.SKIP_BACKGROUND = skip_background  # the budget acts either way
     heads = _build(cfg).roi_heads.eval()
     # Class 0 everywhere; at t = 1 the scores are .9 / .8 / .7, then .92, .94, .96 (the last
     # iteration wins the gate). Proposals 0 and 1 overlap (IoU 0.82), 2 lies apart.

@@ -501,7 +501,8 @@ class R2IOSROIHeads(StandardROIHeads):
         cur = boxes.clone()  # l_{t-1} of every proposal
         active = torch.arange(len(boxes), device=boxes.device)
         # TEST_SCORE "mean": each proposal's class probabilities summed over the T
-        # iterations (an iteration it skipped repeats its last one exactly).
+        # iterations (an iteration it skipped repeats its last one: exactly so with
+        # SKIP_BACKGROUND; a proposal the refine budget stopped keeps its result so far).
         mean_score = self.test_score == "mean"
         last_probs = boxes.new_zeros(len(boxes), K + 1) if mean_score else None
         prob_sum = boxes.new_zeros(len(boxes), K + 1) if mean_score else None
@@ -553,13 +554,14 @@ class R2IOSROIHeads(StandardROIHeads):
             if mean_score:
                 last_probs[active] = probs
                 prob_sum += last_probs
-            if self.skip_background:
-                # A background prediction keeps the box, and so does a refinement that
-                # collapses or changes nothing: the next iteration would see the same input
-                # and repeat this one exactly (and never win the gate on a tie).
-                go = moving & (new_boxes != in_boxes).any(dim=1)
-                if t + 1 < T and (self.refine_nms > 0 or self.refine_topk > 0):
-                    go = self._refine_budget(go, new_boxes, gate, cls, image_idx[active])
+            # A background prediction keeps the box, and so does a refinement that collapses
+            # or changes nothing: the next iteration would see the same input and repeat this
+            # one exactly (and never win the gate on a tie). SKIP_BACKGROUND drops them.
+            go = moving & (new_boxes != in_boxes).any(dim=1) if self.skip_background else None
+            if t + 1 < T and (self.refine_nms > 0 or self.refine_topk > 0):
+                go = torch.ones_like(moving) if go is None else go
+                go = self._refine_budget(go, new_boxes, gate, cls, image_idx[active])
+            if go is not None:
                 active = active[go]
         if mean_score:
             mean = (prob_sum + (T - done) * last_probs) / T
