@@ -178,7 +178,7 @@ class R2IOSMaskHead(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"Mask in_features must share a channel count, got {channels}")
         self.mask_size = mask_size
-        self._derived: Optional[Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = None
+        self._derived: Optional[Dict[Tuple[int, bool], Tuple[torch.Tensor, torch.Tensor]]] = None
         self.score = nn.Conv2d(channels.pop(), 2, kernel_size=1)
         self.pooler = ROIPooler(
             output_size=mask_size,
@@ -207,7 +207,7 @@ class R2IOSMaskHead(nn.Module):
         layers), from the cache inside :meth:`reusing_derived_weights`."""
         if self._derived is None:
             return _channel_difference(layer, self.mask_size**2)
-        key = id(layer)
+        key = (id(layer), torch.is_grad_enabled())  # no graph-less copy where autograd runs
         if key not in self._derived:
             self._derived[key] = _channel_difference(layer, self.mask_size**2)
         return self._derived[key]
