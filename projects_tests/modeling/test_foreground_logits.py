@@ -42,7 +42,7 @@ def _literal_predict(heads):
     """``R2IOSROIHeads._predict`` written with the two channels of v, as the paper states it."""
     pred = heads.box_predictor
 
-    def predict(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
+    def predict(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
         x = heads.box_head(heads.box_pooler(box_features, boxes)).flatten(1)
         v = heads.mask_head(scored, boxes, confidence_maps)
         seg = (scale_grad(v, pred.seg_grad_scale).softmax(dim=1) - 0.5).flatten(1)

@@ -276,7 +276,7 @@ def _scripted_predict(heads, script, record):
     """Replace ``heads._predict`` by a script: call t returns ``script(t, num_rows)``; the
     confidence maps C it reports are zeros."""
 
-    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
         n = sum(len(b) for b in boxes)
         record.append(n)
         out = script(len(record) - 1, n)
@@ -361,7 +361,7 @@ def test_train_move_background_refines_predicted_foreground_background_as_at_tes
     shift = torch.tensor([0.5, 0.0, 0.0, 0.0])  # class-0 delta: move right by half a width
     record, seen = [], []
 
-    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
         n = sum(len(b) for b in boxes)
         t = len(record)
         record.append(n)
@@ -476,7 +476,7 @@ def test_foreground_moves_by_the_predicted_class_with_the_key(by_prediction):
         deltas[:, 5] = -2.0  # class 1: up by 0.2 heights
         return logits.clone().requires_grad_(True), deltas, torch.zeros(n, 2, 8, 8)
 
-    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None):
+    def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
         seen.append(torch.cat([b.tensor for b in boxes]))
         out = script(len(seen) - 1, len(seen[-1]))
         if confidence_maps is not None:
@@ -1097,3 +1097,60 @@ def test_refine_budget_is_per_image_and_per_class():
     assert budget(0.0, 2).flatten().tolist() == [0, 1, 3, 4]
     assert budget(0.5, 2).flatten().tolist() == [0, 2, 4, 5]
     assert budget(0.5, 1).flatten().tolist() == [0, 4]
+
+
+@pytest.mark.parametrize("move_background", [False, True])
+def test_masks_of_untrained_rows_without_autograd_give_the_same_losses_and_gradients(
+    synthetic_inputs, move_background
+):
+    """With SEG_AWARE_GRAD_SCALE 0 only the foreground rows' mask losses reach the mask head:
+    the other rows' masks (background, and background that moves) are computed without
+    autograd. Losses and every gradient equal computing all rows with autograd."""
+    from r2ios_d2.modeling.mask_head import R2IOSMaskHead
+
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.TRAIN_MOVE_BACKGROUND = move_background
+    model = _build(cfg).train()
+    heads = model.roi_heads
+    features, sampled = _features_and_sampled(model, synthetic_inputs)
+    results, splits = [], []
+    for split in (True, False):
+        model.zero_grad()
+        if split:
+            original = heads.mask_head._forward_split
+
+            def counted(*args, original=original):
+                splits.append(int(args[-1].sum()))  # rows with autograd
+                return original(*args)
+
+            heads.mask_head._forward_split = counted
+        else:  # every row with autograd: the plain path
+            heads.mask_head._forward_split = lambda scored, boxes, conf, fg_only, rows: (
+                R2IOSMaskHead.forward(heads.mask_head, scored, boxes, conf, fg_only)
+            )
+        torch.manual_seed(0)
+        with EventStorage():
+            losses = heads.forward_train(features, sampled)
+        sum(losses.values()).backward(retain_graph=True)
+        grads = {n: p.grad.clone() for n, p in heads.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    num_fg = sum(int((p.gt_classes < heads.num_classes).sum()) for p in sampled)
+    assert splits and splits[0] == num_fg < sum(len(p) for p in sampled)
+    assert sorted(loss_a) == sorted(loss_b) and sorted(grad_a) == sorted(grad_b)
+    for k in loss_a:
+        torch.testing.assert_close(loss_a[k], loss_b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert grad_a["mask_head.ae_fc1.weight"].abs().sum() > 0
+    for name in grad_a:
+        torch.testing.assert_close(grad_a[name], grad_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_every_row_keeps_autograd_when_the_predictor_trains_the_masks(synthetic_inputs):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.SEG_AWARE_GRAD_SCALE = 0.5  # every row's class loss reaches its mask
+    model = _build(cfg).train()
+    calls = []
+    model.roi_heads.mask_head._forward_split = lambda *args: calls.append(args)
+    with EventStorage():
+        model(synthetic_inputs)
+    assert calls == []

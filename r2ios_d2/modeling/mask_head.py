@@ -263,6 +263,7 @@ class R2IOSMaskHead(nn.Module):
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
         foreground_only: bool = False,
+        grad_rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Mask logits ``v`` of every box.
 
@@ -274,21 +275,52 @@ class R2IOSMaskHead(nn.Module):
             foreground_only: return ``d = v[:, 1] - v[:, 0]`` instead of ``v``, computed
                 without the two channels where the head allows it (see
                 :meth:`foreground_logits`).
+            grad_rows: (R,) bool, the rows whose outputs need gradients (with autograd on);
+                the others are computed without autograd, so the backward pass (pooling and
+                layers) runs on the first ones only. Same values. None = all.
 
         Returns:
             (R, 2, M, M) logits ``v`` (R = sum R_i, images in order; channel 1 =
             foreground), or (R, M, M) ``d`` with ``foreground_only``.
         """
+        if grad_rows is not None and torch.is_grad_enabled() and not bool(grad_rows.all()):
+            return self._forward_split(scored, boxes, confidence_maps, foreground_only, grad_rows)
         c = self.pooler(scored, boxes)
         if confidence_maps is not None:
             confidence_maps.append(c)
         return self.layers_foreground(c) if foreground_only else self.layers(c)
+
+    def _forward_split(
+        self,
+        scored: List[torch.Tensor],
+        boxes: List[Boxes],
+        confidence_maps: Optional[List[torch.Tensor]],
+        foreground_only: bool,
+        grad_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` with autograd on the ``grad_rows`` only (see there)."""
+        per_image = grad_rows.split([len(b) for b in boxes])
+        outputs, maps = [], []
+        for grad in (True, False):
+            part = [Boxes(b.tensor[m if grad else ~m]) for b, m in zip(boxes, per_image)]
+            with torch.set_grad_enabled(grad):
+                conf: Optional[List[torch.Tensor]] = [] if confidence_maps is not None else None
+                outputs.append(self(scored, part, conf, foreground_only))
+                maps += conf or []
+        # Rows back into their order: grad rows first in the concatenation, then the others.
+        order = torch.cat([torch.nonzero(grad_rows), torch.nonzero(~grad_rows)]).squeeze(1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        if confidence_maps is not None:
+            confidence_maps.append(torch.cat(maps)[inverse])
+        return torch.cat(outputs)[inverse]
 
     def foreground_logits(
         self,
         scored: List[torch.Tensor],
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
+        grad_rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The foreground-minus-background logits ``d = v[:, 1] - v[:, 0]`` of every box,
         equal to :func:`foreground_logits` of the output of :meth:`forward` (same arguments):
@@ -297,7 +329,7 @@ class R2IOSMaskHead(nn.Module):
         Returns:
             (R, M, M) ``d``.
         """
-        return self(scored, boxes, confidence_maps, foreground_only=True)
+        return self(scored, boxes, confidence_maps, foreground_only=True, grad_rows=grad_rows)
 
     def layers(self, c: torch.Tensor) -> torch.Tensor:
         """``v`` from the pooled confidence maps ``C``, both (R, 2, M, M)."""

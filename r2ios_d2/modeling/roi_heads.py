@@ -276,6 +276,7 @@ class R2IOSROIHeads(StandardROIHeads):
         boxes: List[Boxes],
         confidence_maps: Optional[List[torch.Tensor]] = None,
         mask_probs: Optional[List[torch.Tensor]] = None,
+        mask_grad_rows: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration of both sub-networks on the given boxes.
 
@@ -284,6 +285,10 @@ class R2IOSROIHeads(StandardROIHeads):
                 appended to it.
             mask_probs: if a list and autograd is off, the foreground probabilities (R, M, M)
                 are computed once, fed to the seg-aware predictor and appended to it.
+            mask_grad_rows: (R,) bool, the rows whose mask losses train the mask head. Where
+                the predictor sends no gradient into the masks (``SEG_AWARE_GRAD_SCALE`` 0,
+                the default), the other rows' masks are computed without autograd: the same
+                values and gradients, the mask head's backward on those rows only.
 
         Returns:
             class logits (R, K+1), deltas (R, 4K or 4) and the mask logits: (R, M, M)
@@ -291,10 +296,15 @@ class R2IOSROIHeads(StandardROIHeads):
             channels (the raw-logits seg-aware input); every later use takes either.
         """
         x = self.box_head(self.box_pooler(box_features, boxes))
-        if self.box_predictor.needs_mask_channels:
-            v = self.mask_head(scored, boxes, confidence_maps)
+        pred = self.box_predictor
+        if pred.seg_aware and pred.seg_grad_scale > 0:
+            mask_grad_rows = None  # the class and box losses of every row reach the masks
+        if pred.needs_mask_channels:
+            v = self.mask_head(scored, boxes, confidence_maps, grad_rows=mask_grad_rows)
         else:
-            v = self.mask_head.foreground_logits(scored, boxes, confidence_maps)
+            v = self.mask_head.foreground_logits(
+                scored, boxes, confidence_maps, grad_rows=mask_grad_rows
+            )
         if mask_probs is not None and not torch.is_grad_enabled():
             mask_probs.append(self.mask_head.foreground_probs(v))
             logits, deltas = self.box_predictor(x, v, mask_probs=mask_probs[-1])
@@ -380,8 +390,14 @@ class R2IOSROIHeads(StandardROIHeads):
             (B, K+1) logits of the B moving background rows; ``v`` of iteration 1 for all
             rows.
         """
+        fg_rows = torch.zeros(len(rows.boxes), dtype=torch.bool, device=rows.boxes.device)
+        fg_rows[rows.fg_idx] = True  # only their masks are trained
         logits, deltas, v = self._predict(
-            box_features, scored, split_by_image(rows.boxes, rows.image_idx, rows.num_images), conf
+            box_features,
+            scored,
+            split_by_image(rows.boxes, rows.image_idx, rows.num_images),
+            conf,
+            mask_grad_rows=fg_rows,
         )
         bg = rows.bg_rows
         moving = torch.zeros_like(bg)
@@ -421,7 +437,8 @@ class R2IOSROIHeads(StandardROIHeads):
                 new[go] = self._refine(out[1][go], cur[go], move_cls[go], run_hw[go])
                 cur = new
             sorted_boxes = split_by_image(cur[order], run_images, rows.num_images)
-            pred = self._predict(box_features, scored, sorted_boxes, conf)
+            fg_run = (torch.arange(len(run), device=run.device) < num_fg)[order]
+            pred = self._predict(box_features, scored, sorted_boxes, conf, mask_grad_rows=fg_run)
             out = (*(x[unsort] for x in pred), conf[-1][unsort] if conf else None)
             iters.append((cur[:num_fg], *(x[:num_fg] if x is not None else None for x in out)))
             bg_iters.append(out[0][num_fg:])
