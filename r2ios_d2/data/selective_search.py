@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing as mp
 import os
@@ -40,6 +42,27 @@ def _segmentation_module() -> Any:
         ) from e
 
 
+def _seed_c_rand(seed: int = 0) -> None:
+    """Seed the C library's ``rand()``, which OpenCV's selective search draws its ranking
+    from (the pseudo-random ``rank = rand * level`` of Uijlings et al.): without it an image's
+    box order depends on what ran before in the process (which images a pool worker got), and
+    two runs train on differently ordered proposals. No-op where the C library is not found."""
+    global _C_RAND_SEED
+    if _C_RAND_SEED is None:
+        try:
+            name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
+            _C_RAND_SEED = ctypes.CDLL(name).srand if name else False
+        except OSError:
+            _C_RAND_SEED = False
+        if not _C_RAND_SEED:
+            logger.warning("C library not found: selective search box order may vary by run")
+    if _C_RAND_SEED:
+        _C_RAND_SEED(seed)
+
+
+_C_RAND_SEED: Any = None  # libc's srand once found; False if not available
+
+
 def selective_search(
     image_bgr: np.ndarray, mode: str = "fast", max_boxes: int = 2000
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -48,7 +71,8 @@ def selective_search(
     Args:
         image_bgr: uint8 image, (H, W, 3) BGR or (H, W) grey.
         mode: ``"fast"`` or ``"quality"`` (OpenCV's two strategies).
-        max_boxes: keep at most this many, in OpenCV's ranking order.
+        max_boxes: keep at most this many, in OpenCV's ranking order (the same for the same
+            image in every run: its random part is seeded per image).
 
     Returns:
         boxes: float32 (N, 4) XYXY in the image's pixels, exact duplicates removed.
@@ -62,6 +86,7 @@ def selective_search(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     ss = _segmentation_module().createSelectiveSearchSegmentation()
+    _seed_c_rand(0)
     ss.setBaseImage(np.ascontiguousarray(image))
     if mode == "fast":
         ss.switchToSelectiveSearchFast()
