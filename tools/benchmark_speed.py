@@ -80,8 +80,6 @@ from r2ios_d2.benchmarking.speed_setup import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# MODEL.R2IOS.TEST_REFINE_NMS of the demo recipe (configs/synthetic/r2ios_tiny_stage1.yaml).
-DEMO_REFINE_NMS = 0.5
 logger = logging.getLogger("r2ios_d2.benchmark")
 
 
@@ -93,7 +91,7 @@ class _Case:
     proposals: int
     T: int = 0
     skip: Optional[bool] = None
-    refine_nms: float = 0.0  # MODEL.R2IOS.TEST_REFINE_NMS (the demo recipe's budget: 0.5)
+    refine_nms: float = 0.0  # MODEL.R2IOS.TEST_REFINE_NMS
 
 
 def _timed(fn: Callable[[], object], device: str) -> Tuple[object, float]:
@@ -121,14 +119,18 @@ def _time_backbone(model, images, device: str, repeats: int):
 
 
 def _inference_cases(args) -> List[_Case]:
+    from r2ios_d2.benchmarking.speed_demo import demo_cfg
+
+    # The demo recipe's test-time budget of iterations 2..T (MODEL.R2IOS.TEST_REFINE_NMS).
+    budget = float(demo_cfg("stage1", "cpu").MODEL.R2IOS.TEST_REFINE_NMS)
     cases = []
     for n in args.proposals:
         cases.append(_Case("baseline", n))
         for T in args.iterations:
             for skip in (True, False) if T > 1 else (True,):  # identical paths at T = 1
                 cases.append(_Case("R2-IOS", n, T, skip))
-            if T > 1:  # the demo recipe's test-time budget of iterations 2..T
-                cases.append(_Case("R2-IOS", n, T, True, DEMO_REFINE_NMS))
+            if T > 1 and budget > 0:
+                cases.append(_Case("R2-IOS", n, T, True, budget))
     return cases
 
 
