@@ -237,9 +237,8 @@ def _inference_goals(result: dict, width: float) -> List[dict]:
                 f" (heads only {r4['heads_ratio_to_baseline']:.2f}×)",
             )
         )
-    if device.startswith("cuda") and width == 1.0:
-        row = inf(4, n)
-        assert row is not None
+    row = inf(4, n)
+    if device.startswith("cuda") and width == 1.0 and row is not None:
         facts = next(f for f in result["widths"] if f["width"] == width)
         peak = max(row["heads_peak_mem_mib"] or 0, facts["backbone_peak_mem_mib"] or 0)
         goals.append(
