@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import multiprocessing as mp
 import os
 import signal
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -42,25 +43,21 @@ def _segmentation_module() -> Any:
         ) from e
 
 
-def _seed_c_rand(seed: int = 0) -> None:
-    """Seed the C library's ``rand()``, which OpenCV's selective search draws its ranking
-    from (the pseudo-random ``rank = rand * level`` of Uijlings et al.): without it an image's
-    box order depends on what ran before in the process (which images a pool worker got), and
-    two runs train on differently ordered proposals. No-op where the C library is not found."""
-    global _C_RAND_SEED
-    if _C_RAND_SEED is None:
-        try:
-            name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
-            _C_RAND_SEED = ctypes.CDLL(name).srand if name else False
-        except OSError:
-            _C_RAND_SEED = False
-        if not _C_RAND_SEED:
-            logger.warning("C library not found: selective search box order may vary by run")
-    if _C_RAND_SEED:
-        _C_RAND_SEED(seed)
-
-
-_C_RAND_SEED: Any = None  # libc's srand once found; False if not available
+@functools.cache
+def _c_srand() -> Optional[Callable[[int], None]]:
+    """The C library's ``srand``, which seeds the ``rand()`` that OpenCV's selective search
+    draws its ranking from (the pseudo-random ``rank = rand * level`` of Uijlings et al.):
+    unseeded, an image's box order depends on what ran before in the process (which images a
+    pool worker got), and two runs train on differently ordered proposals. None (with a
+    warning, once) where the C library is not found."""
+    try:
+        name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
+        if name:
+            return ctypes.CDLL(name).srand
+    except OSError:
+        pass
+    logger.warning("C library not found: selective search box order may vary by run")
+    return None
 
 
 def selective_search(
@@ -86,7 +83,9 @@ def selective_search(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     ss = _segmentation_module().createSelectiveSearchSegmentation()
-    _seed_c_rand(0)
+    srand = _c_srand()
+    if srand is not None:  # the same ranking for this image in every run
+        srand(0)
     ss.setBaseImage(np.ascontiguousarray(image))
     if mode == "fast":
         ss.switchToSelectiveSearchFast()
