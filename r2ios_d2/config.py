@@ -97,6 +97,12 @@ def _add_r2ios_model_config(_C: CN) -> None:
     _C.MODEL.R2IOS.MASK_LOSS_WEIGHT = 1.0
     # Init std of the mask scoring conv and the AE/fc layers (paper: 0.001).
     _C.MODEL.R2IOS.MASK_INIT_STD = 0.001
+    # Backend of the heads' fully connected layers (AE, fc6/fc7, predictor) for CPU float32
+    # tensors: "onednn" = torch's bundled oneDNN for the forward and both gradient products
+    # (up to ~2.3x torch's BLAS on some CPUs; results equal up to float rounding; torch's
+    # F.linear where this torch lacks the op), "torch" = F.linear. No effect on CUDA. The
+    # project's trainer and benchmarks put the stock heads' layers on the same backend.
+    _C.MODEL.R2IOS.CPU_LINEAR = "onednn"
 
 
 def _add_training_config(_C: CN) -> None:

@@ -61,7 +61,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
     check them again): ``{"MODEL.R2IOS.GATE_SCORE": ("all", "foreground"), ...}``."""
     # Imported here, when a config is checked: importing this module stays light.
     from .engine.optimizer import OPTIMIZERS
-    from .modeling import backbone_vgg, box_head, roi_heads
+    from .modeling import backbone_vgg, box_head, linear, roi_heads
 
     return {
         "MODEL.R2IOS.GATE_SCORE": roi_heads.GATE_SCORES,
@@ -69,6 +69,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
         "MODEL.R2IOS.TEST_SCORE": roi_heads.TEST_SCORES,
         "MODEL.R2IOS.NMS_TYPE": roi_heads.NMS_TYPES,
         "MODEL.R2IOS.MASK_LOSS_NORMALIZER": roi_heads.MASK_LOSS_NORMALIZERS,
+        "MODEL.R2IOS.CPU_LINEAR": linear.CPU_LINEAR_BACKENDS,
         "MODEL.R2IOS.SEG_AWARE_INPUT": tuple(box_head.SEG_AWARE_INPUTS),
         "MODEL.VGG.NORM": backbone_vgg.VGG_NORMS,
         "SOLVER.OPTIMIZER": OPTIMIZERS,

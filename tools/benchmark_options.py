@@ -46,6 +46,12 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repeats", type=int, default=5, help="timed repeats (tiny widths, CUDA)")
     g.add_argument("--full-repeats", type=int, default=1, help="timed repeats, width 1 on CPU")
     g.add_argument("--train-images", type=int, default=2, help="images per train step")
+    g.add_argument(
+        "--cpu-linear",
+        choices=("onednn", "torch"),
+        help="backend of every model's fully connected layers on CPU (default: the configs' "
+        "MODEL.R2IOS.CPU_LINEAR)",
+    )
     g.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
     g.add_argument("--no-demo", action="store_true", help="skip the demo models' part")
     for stage in ("stage1", "stage2", "stock"):

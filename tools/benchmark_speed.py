@@ -78,6 +78,7 @@ from r2ios_d2.benchmarking.speed_setup import (  # noqa: E402
     speed_cfg,
     train_batch,
 )
+from r2ios_d2.modeling.linear import set_cpu_linear  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("r2ios_d2.benchmark")
@@ -185,12 +186,12 @@ def _inference_rows(cases: List[_Case], m: dict, width: float, backbone_ms: floa
 def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]:
     """Inference rows (one per method/T/proposals/skip) and per-width facts at one width."""
     device, (h, w) = args.device, args.image_size
-    cfg = speed_cfg(width, device)
+    cfg = speed_cfg(width, device, cpu_linear=args.cpu_linear)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     torch.manual_seed(0)
     base_heads = build_roi_heads(baseline_cfg(cfg), model.backbone.output_shape()).to(device)
-    base_heads.eval()
+    set_cpu_linear(base_heads.eval(), cfg.MODEL.R2IOS.CPU_LINEAR)  # fc6/fc7 as R2-IOS's
     heads = model.roi_heads
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator())
     images = model.preprocess_image([{"image": image.to(device)}])
@@ -256,12 +257,13 @@ def bench_train(args, width: float, repeats: int) -> List[dict]:
     """Train-step time (forward + backward + SGD step) of R2-IOS for T in {1, 4}, gate off/on,
     and of the baseline, on the same batch (``--train-images`` images, 2000 proposals)."""
     device, (h, w) = args.device, args.image_size
-    cfg = speed_cfg(width, device)
+    cfg = speed_cfg(width, device, cpu_linear=args.cpu_linear)
     batch = train_batch(h, w, args.train_images, max(args.proposals), 20, device)
     torch.manual_seed(0)
     nets = {"R2-IOS": build_model(cfg).train()}
     torch.manual_seed(0)
     nets["baseline"] = build_model(baseline_cfg(cfg)).train()
+    set_cpu_linear(nets["baseline"], cfg.MODEL.R2IOS.CPU_LINEAR)
     optims = {k: torch.optim.SGD(n.parameters(), lr=1e-6, momentum=0.9) for k, n in nets.items()}
     cases = [("baseline", None, None), ("R2-IOS", 1, False), ("R2-IOS", 4, False)]
     cases += [("R2-IOS", 4, True)]
@@ -371,6 +373,7 @@ def run_demo(args) -> dict:
             repeats=args.repeats,
             random_props=max(args.proposals),
             stock_weights=stock_weights,
+            cpu_linear=args.cpu_linear,
         )
         demo["inference"] += rows
         demo["facts"].append(facts)
@@ -382,7 +385,7 @@ def run_demo(args) -> dict:
             skip(f"train step: {e}")
             return demo
         demo["train"] = speed_demo.bench_demo_train(
-            batches, device=args.device, repeats=args.repeats
+            batches, device=args.device, repeats=args.repeats, cpu_linear=args.cpu_linear
         )
     return demo
 

@@ -27,6 +27,9 @@ def _model(head="InstanceAwareAEMaskHead", mask_size=8, seed=0, **r2ios):
     cfg.MODEL.ROI_MASK_HEAD.NAME = head
     cfg.MODEL.R2IOS.MASK_SIZE = mask_size
     cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1  # masks far from 0.5, so a wrong channel shows
+    # The derived-weight algebra, on torch's F.linear (the oneDNN backend rounds the full and
+    # the derived products differently again; it is compared with F.linear in test_linear).
+    cfg.MODEL.R2IOS.CPU_LINEAR = "torch"
     for key, value in r2ios.items():
         cfg.MODEL.R2IOS[key] = value
     torch.manual_seed(seed)

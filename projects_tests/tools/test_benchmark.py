@@ -287,8 +287,20 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
                 for case in ("R2-IOS T=4", "R2-IOS T=4, all refined")
             )
             assert budget[0] == every[0] and sum(budget) <= sum(every)
-    assert [r["model"] for r in demo["train"]] == ["stock", "stage1", "stage2"]
-    assert [(r["T"], r["gate"]) for r in demo["train"]] == [(None, None), (4, False), (4, True)]
+    # The configs' CPU_LINEAR ("onednn"), then the stock heads and stage 2 on torch's F.linear.
+    models = ["stock", "stage1", "stage2", "stock (torch)", "stage2 (torch)"]
+    assert [r["model"] for r in demo["train"]] == models
+    assert [r["cpu_linear"] for r in demo["train"]] == ["onednn"] * 3 + ["torch"] * 2
+    assert [(r["T"], r["gate"]) for r in demo["train"]] == [
+        (None, None),
+        (4, False),
+        (4, True),
+        (None, None),
+        (4, True),
+    ]
+    stock = {r["cpu_linear"]: r["step_ms"] for r in demo["train"] if r["T"] is None}
+    for r in demo["train"]:  # each against the stock heads on its own backend
+        assert r["ratio_to_stock"] == pytest.approx(r["step_ms"] / stock[r["cpu_linear"]])
     assert all({"backbone", "roi_heads", "backward"} <= set(r["profile_ms"]) for r in demo["train"])
     assert demo["skipped"] == []
     md = (tmp_path / "speed_cpu_quick_demo.md").read_text()

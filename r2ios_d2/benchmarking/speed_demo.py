@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..config import add_r2ios_config
 from ..modeling import postprocessing as r2ios_postprocessing
+from ..modeling.linear import set_cpu_linear
 from .records import sync
 from .speed_profile import StageProfile, r2ios_stages, stock_stages
 from .speed_setup import (
@@ -80,6 +81,14 @@ def demo_cfg(name: str, device: str, opts: Sequence[str] = ()) -> CfgNode:
     cfg.MODEL.DEVICE = device
     cfg.DATALOADER.NUM_WORKERS = 0
     return cfg
+
+
+def build_demo_model(cfg: CfgNode, cpu_linear: Optional[str] = None) -> torch.nn.Module:
+    """``build_model(cfg)`` with every ``nn.Linear`` on ``cpu_linear`` (default: the config's
+    ``MODEL.R2IOS.CPU_LINEAR``), the stock heads' too, as the trainer builds them."""
+    model = build_model(cfg)
+    set_cpu_linear(model, cpu_linear or cfg.MODEL.R2IOS.CPU_LINEAR)
+    return model
 
 
 def default_weights(name: str) -> Optional[str]:
@@ -166,6 +175,7 @@ def bench_demo_inference(
     repeats: int,
     random_props: int,
     stock_weights: Optional[str] = None,
+    cpu_linear: Optional[str] = None,
 ) -> Tuple[List[dict], dict]:
     """R2-IOS (``stage``'s config and ``weights``) at T = 1 and 4 and the stock heads on the
     demo images: rows per proposal source (``"selective_search"``, ``"random_<n>"``) and
@@ -173,11 +183,11 @@ def bench_demo_inference(
     round-robin repeats), ratios, active proposals per iteration, detections and a
     per-stage profile; and facts (images, weights, the stock heads' background fraction)."""
     cfg = demo_cfg(stage, device)
-    model = build_model(cfg).eval()
+    model = build_demo_model(cfg, cpu_linear).eval()
     _load(model, cfg, weights)
     stock_cfg = demo_cfg("stock", device)
     torch.manual_seed(0)
-    stock = build_model(stock_cfg).eval()
+    stock = build_demo_model(stock_cfg, cpu_linear).eval()
     if stock_weights:
         _load(stock, stock_cfg, stock_weights)
     stock_heads = stock.roi_heads  # runs on R2-IOS's backbone features ("det")
@@ -304,20 +314,31 @@ def bench_demo_inference(
 
 
 # ------------------------------------------------------------------------------- training
-def bench_demo_train(batches: List[List[dict]], *, device: str, repeats: int) -> List[dict]:
+def bench_demo_train(
+    batches: List[List[dict]], *, device: str, repeats: int, cpu_linear: Optional[str] = None
+) -> List[dict]:
     """Seconds per training step (forward + backward + optimizer step) of R2-IOS (stage-1
     and stage-2 configs) and of the stock heads on the same ``batches``, round-robin over
     ``repeats`` x batches; one row per model with ``step_ms`` (median), ``ratio_to_stock``
-    and ``profile_ms`` (ms per step: backbone and roi_heads forward, backward, optimizer
-    step)."""
+    (to the stock heads on the same ``cpu_linear`` backend) and ``profile_ms`` (ms per step:
+    backbone and roi_heads forward, backward, optimizer step). On CPU with the configs'
+    ``CPU_LINEAR`` "onednn" (or ``cpu_linear``, which overrides it), the stock heads and
+    stage 2 also run with "torch" (F.linear): the same step with torch's own BLAS, in the
+    same round-robin."""
     from ..engine.optimizer import build_r2ios_optimizer
 
-    nets, optims = {}, {}
-    for name in ("stock", "stage1", "stage2"):
+    backend = cpu_linear or demo_cfg("stage1", device).MODEL.R2IOS.CPU_LINEAR
+    models = [(name, backend) for name in ("stock", "stage1", "stage2")]
+    if device.startswith("cpu") and backend != "torch":
+        models += [("stock", "torch"), ("stage2", "torch")]
+    nets, optims, keys = {}, {}, {}
+    for name, linear in models:
+        key = name if linear == backend else f"{name} ({linear})"
         cfg = demo_cfg(name, device)
         torch.manual_seed(0)
-        nets[name] = build_model(cfg).train()
-        optims[name] = build_r2ios_optimizer(cfg, nets[name])
+        nets[key] = build_demo_model(cfg, linear).train()
+        optims[key] = build_r2ios_optimizer(cfg, nets[key])
+        keys[key] = (name, linear)
 
     def step(name: str, batch: List[dict], profile: Optional[StageProfile] = None) -> float:
         net, opt = nets[name], optims[name]
@@ -354,20 +375,22 @@ def bench_demo_train(batches: List[List[dict]], *, device: str, repeats: int) ->
                 step(name, batch, profile)
         profiles[name] = {k.replace(" t1", ""): v for k, v in profile.per_pass().items()}
     rows = []
-    for name in nets:
+    for key, (name, linear) in keys.items():
         cfg = demo_cfg(name, device)
         rows.append(
             {
-                "model": name,
+                "model": key,
+                "cpu_linear": linear,
                 "config": DEMO_CONFIGS[name],
                 "T": cfg.MODEL.R2IOS.NUM_ITERATIONS if name != "stock" else None,
                 "gate": cfg.MODEL.R2IOS.GATE if name != "stock" else None,
                 "images_per_step": sum(len(b) for b in batches) / len(batches),
-                "step_ms": 1000 * statistics.median(times[name]),
-                "step_ms_all": [1000 * t for t in times[name]],
-                "profile_ms": profiles[name],
+                "step_ms": 1000 * statistics.median(times[key]),
+                "step_ms_all": [1000 * t for t in times[key]],
+                "profile_ms": profiles[key],
             }
         )
+    stock = {r["cpu_linear"]: r["step_ms"] for r in rows if r["config"] == DEMO_CONFIGS["stock"]}
     for row in rows:
-        row["ratio_to_stock"] = row["step_ms"] / rows[0]["step_ms"]
+        row["ratio_to_stock"] = row["step_ms"] / stock[row["cpu_linear"]]
     return rows

@@ -9,7 +9,7 @@ and the per-iteration proposal counts the R2-IOS heads report to the ``EventStor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -33,11 +33,13 @@ BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Base-R2IOS-VGG1
 ACTIVE_SCALAR = "r2ios/test_active_t{}"
 
 
-def speed_cfg(width: float, device: str, num_classes: int = 20) -> CfgNode:
+def speed_cfg(
+    width: float, device: str, num_classes: int = 20, cpu_linear: Optional[str] = None
+) -> CfgNode:
     """The paper's VGG-16 R2-IOS config (``Base-R2IOS-VGG16.yaml``) at a channel width.
 
     FC_DIM (4096) and the AE bottleneck (512) scale with the width (at least 64), as the
-    backbone's channels do.
+    backbone's channels do. ``cpu_linear`` overrides ``MODEL.R2IOS.CPU_LINEAR``.
     """
     cfg = get_cfg()
     add_r2ios_config(cfg)
@@ -48,6 +50,8 @@ def speed_cfg(width: float, device: str, num_classes: int = 20) -> CfgNode:
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = max(64, round(4096 * width))
     cfg.MODEL.R2IOS.AE_HIDDEN_DIM = max(64, round(512 * width))
+    if cpu_linear:
+        cfg.MODEL.R2IOS.CPU_LINEAR = cpu_linear
     return cfg
 
 

@@ -48,6 +48,7 @@ from ..data import (
     r2ios_train_dataset_dicts,
 )
 from ..evaluation import SDSEvaluator
+from ..modeling.linear import set_cpu_linear
 from .checkpoint import R2IOSCheckpointer
 from .compat import (
     create_ddp_model,
@@ -168,9 +169,13 @@ class R2IOSTrainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         """The model of ``cfg``, after every r2ios_d2 value of the config is checked
         (:func:`~r2ios_d2.config_checks.validate_r2ios_config`): the first thing the trainer
-        builds, and what ``--eval-only`` builds."""
+        builds, and what ``--eval-only`` builds. Every ``nn.Linear`` of the model, not only
+        R2-IOS's heads', runs on ``MODEL.R2IOS.CPU_LINEAR``'s backend (the stock heads
+        trained beside R2-IOS use the same)."""
         validate_r2ios_config(cfg)
-        return super().build_model(cfg)
+        model = super().build_model(cfg)
+        set_cpu_linear(model, cfg.MODEL.R2IOS.CPU_LINEAR)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:

@@ -24,6 +24,7 @@ from detectron2.modeling.roi_heads import (
 from torch import nn
 from torch.nn import functional as F
 
+from .linear import linear_like
 from .mask_head import foreground_logits
 
 __all__ = [
@@ -177,7 +178,7 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
         fc_dim, plane = layer.in_features - self.mask_dim, self.mask_dim // 2
         w = layer.weight
         seg = w[:, fc_dim + plane :] - w[:, fc_dim : fc_dim + plane]
-        return F.linear(feats, torch.cat([w[:, :fc_dim], seg], dim=1), layer.bias)
+        return linear_like(layer, feats, torch.cat([w[:, :fc_dim], seg], dim=1), layer.bias)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()

@@ -38,6 +38,8 @@ from detectron2.structures import Boxes
 from torch import nn
 from torch.nn import functional as F
 
+from .linear import linear_like
+
 __all__ = [
     "InstanceAwareAEMaskHead",
     "R2IOSConvMaskHead",
@@ -129,7 +131,7 @@ def _two_fc(
     h = F.relu(fc1(c.flatten(1)))
     if difference is None:
         return fc2(h).view_as(c)
-    return F.linear(h, *difference).view_as(c[:, 0])
+    return linear_like(fc2, h, *difference).view_as(c[:, 0])
 
 
 class R2IOSMaskHead(nn.Module):

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .box_head import SegAwareFastRCNNOutputLayers, build_r2ios_box_head
+from .linear import CPU_LINEAR_BACKENDS, set_cpu_linear
 from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses, training_gate
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
@@ -80,6 +81,7 @@ CONFIG_KEYS = {
     "train_relabel_iterations": "TRAIN_RELABEL_ITERATIONS",
     "train_move_foreground_by_prediction": "TRAIN_MOVE_FOREGROUND_BY_PREDICTION",
     "grad_probe_period": "GRAD_PROBE_PERIOD",
+    "cpu_linear": "CPU_LINEAR",
 }
 
 
@@ -89,6 +91,7 @@ _CHOICES = {
     "test_score": TEST_SCORES,
     "nms_type": NMS_TYPES,
     "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
+    "cpu_linear": CPU_LINEAR_BACKENDS,
 }
 
 
@@ -186,6 +189,7 @@ class R2IOSROIHeads(StandardROIHeads):
         train_relabel_iterations: bool = False,
         train_move_foreground_by_prediction: bool = False,
         grad_probe_period: int = 0,
+        cpu_linear: str = "onednn",
         **kwargs,
     ):
         """
@@ -214,6 +218,7 @@ class R2IOSROIHeads(StandardROIHeads):
         check_r2ios_head_settings(settings)
         for arg, value in settings.items():  # self.num_iterations, self.gate, ...
             setattr(self, arg, value)
+        set_cpu_linear(self, cpu_linear)  # the box head's, predictor's and mask head's layers
 
     # ------------------------------------------------------------------------------- build
     @classmethod

@@ -1,0 +1,177 @@
+"""Fully connected layers through oneDNN on CPU.
+
+R2-IOS's heads are fully connected: the autoencoder (3200 -> 512 -> 3200 per proposal and
+iteration), fc6 / fc7 and the seg-aware predictor. On CPU, torch runs ``F.linear`` in float32
+through its BLAS (MKL), whose kernels depend on the CPU vendor: on an AMD EPYC (Zen, AVX-512)
+one core reached ~100 GFLOPS on the autoencoder's shapes, while oneDNN (bundled with torch,
+the library behind its CPU convolutions) reached ~230 on the same products: the forward, the
+input gradient and the weight gradient alike. :class:`OneDNNLinear` is an ``nn.Linear`` (same
+parameters, names and checkpoints) whose forward and backward run those three products
+through oneDNN on CPU float32 tensors; anywhere else (CUDA, other dtypes, a torch without the
+op) it is ``nn.Linear``. The results equal ``F.linear``'s up to float rounding (a different
+summation order).
+
+``MODEL.R2IOS.CPU_LINEAR`` ("onednn", the default, or "torch") chooses it for the R2-IOS heads
+(:func:`set_cpu_linear`); any model can be converted the same way.
+"""
+
+import functools
+import logging
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+__all__ = [
+    "CPU_LINEAR_BACKENDS",
+    "OneDNNLinear",
+    "linear",
+    "linear_like",
+    "onednn_available",
+    "set_cpu_linear",
+]
+
+logger = logging.getLogger(__name__)
+
+CPU_LINEAR_BACKENDS = ("onednn", "torch")
+
+
+def _onednn_op():
+    """torch's oneDNN linear op (``mkldnn::_linear_pointwise``), or None where it is absent."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this torch runs float32 linear products through oneDNN on CPU, checked once:
+    the op exists and its forward, input and weight products match ``F.linear``'s on a small
+    random case (else a warning, and :class:`OneDNNLinear` stays ``nn.Linear``)."""
+    op = _onednn_op()
+    if op is None:
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w, b, gy = (torch.randn(*s, generator=g) for s in ((7, 33), (5, 33), (5,), (7, 5)))
+    try:
+        with torch.no_grad():  # forward, input gradient, weight gradient (transposed views)
+            got = [op(x, w, b, "none", [], "")]
+            got += [op(gy, w.t(), None, "none", [], ""), op(gy.t(), x.t(), None, "none", [], "")]
+    except RuntimeError as e:
+        logger.warning("oneDNN linear unavailable (%s); using torch's F.linear", e)
+        return False
+    want = (F.linear(x, w, b), gy @ w, gy.t() @ x)
+    if not all(torch.allclose(a, e, rtol=1e-5, atol=1e-5) for a, e in zip(got, want)):
+        logger.warning("oneDNN linear disagrees with F.linear here; using torch's F.linear")
+        return False
+    return True
+
+
+def _use_onednn(*tensors: Optional[torch.Tensor]) -> bool:
+    return (
+        all(
+            t is None or (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2)
+            for t in tensors
+        )
+        and onednn_available()
+    )
+
+
+def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``a @ b_t.T (+ bias)`` through oneDNN; ``a`` (M, K), ``b_t`` (N, K), any strides.
+    An empty product (oneDNN has no primitive for it) goes through ``F.linear``."""
+    if a.numel() == 0 or b_t.numel() == 0:
+        return F.linear(a, b_t, bias)
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """``x @ w.T + b`` with the three products of forward and backward through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # noqa: D102
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _mm(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # noqa: D102
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g = g.contiguous()
+        gx = _mm(g, weight.t()) if need_x else None  # (M, N) @ (N, K)
+        gw = _mm(g.t(), x.t()) if need_w else None  # (N, M) @ (M, K)
+        gb = g.sum(0) if need_b and ctx.has_bias else None
+        return gx, gw, gb
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN for 2-D CPU float32 tensors (with
+    autograd); ``F.linear`` itself anywhere else.
+
+    Args:
+        x: (R, in) inputs.
+        weight: (out, in).
+        bias: (out,) or None.
+
+    Returns:
+        (R, out).
+    """
+    if not _use_onednn(x, weight) or (bias is not None and bias.dtype != torch.float32):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    ):
+        return _OneDNNLinearFunction.apply(x, weight, bias)
+    return _mm(x, weight, bias)
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` whose CPU float32 products run through oneDNN (:func:`linear`); the same
+    parameters and state dict. Inputs with more than 2 dims are flattened to 2 and back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.dim() == 2:
+            return linear(x, self.weight, self.bias)
+        return linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias).view(
+            *x.shape[:-1], self.out_features
+        )
+
+
+def linear_like(
+    layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` on the backend of ``layer`` (whose parameters ``weight``
+    and ``bias`` are derived from): :func:`linear` for a :class:`OneDNNLinear`."""
+    if isinstance(layer, OneDNNLinear):
+        return linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def set_cpu_linear(module: nn.Module, backend: str) -> int:
+    """Set the backend of every ``nn.Linear`` in ``module`` (in place; parameters, hooks and
+    state dict unchanged): "onednn" makes each a :class:`OneDNNLinear`, "torch" a plain
+    ``nn.Linear``. Subclasses of ``nn.Linear`` with their own forward are left as they are.
+
+    Returns:
+        The number of layers whose backend is now ``backend``.
+    """
+    if backend not in CPU_LINEAR_BACKENDS:
+        raise ValueError(
+            f"CPU linear backend must be one of {CPU_LINEAR_BACKENDS}, got {backend!r}"
+        )
+    target = OneDNNLinear if backend == "onednn" else nn.Linear
+    count = 0
+    for m in module.modules():
+        if type(m) in (nn.Linear, OneDNNLinear):
+            m.__class__ = target
+            count += 1
+    return count
