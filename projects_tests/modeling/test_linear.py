@@ -89,10 +89,13 @@ def test_only_the_needed_gradients_are_computed():
     torch.testing.assert_close(w2.grad, x2.sum(0).expand_as(w2), rtol=1e-5, atol=1e-5)
 
 
-def test_other_dtypes_and_an_unavailable_op_run_f_linear_exactly(monkeypatch):
+def test_other_dtypes_autocast_and_an_unavailable_op_run_f_linear_exactly(monkeypatch):
     x, w, b = (t.detach().double() for t in _leaves(5))
     assert torch.equal(linear(x, w, b), F.linear(x, w, b))
     xf, wf, bf = (t.detach() for t in _leaves(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own lower precision
+        got = linear(xf, wf, bf)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, F.linear(xf, wf, bf))
     monkeypatch.setattr(linear_mod, "onednn_available", lambda: False)
     assert torch.equal(linear(xf, wf, bf), F.linear(xf, wf, bf))
     layer = OneDNNLinear(50, 23)

@@ -72,6 +72,14 @@ def onednn_available() -> bool:
     return True
 
 
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (F.linear then runs in its lower precision: left to it)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _use_onednn(*tensors: Optional[torch.Tensor]) -> bool:
     return (
         all(
@@ -79,6 +87,7 @@ def _use_onednn(*tensors: Optional[torch.Tensor]) -> bool:
             for t in tensors
         )
         and onednn_available()
+        and not _cpu_autocast()
     )
 
 
@@ -115,7 +124,7 @@ def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN for 2-D CPU float32 tensors (with
-    autograd); ``F.linear`` itself anywhere else.
+    autograd) outside CPU autocast; ``F.linear`` itself anywhere else.
 
     Args:
         x: (R, in) inputs.
