@@ -78,7 +78,7 @@ from r2ios_d2.benchmarking.speed_setup import (  # noqa: E402
     speed_cfg,
     train_batch,
 )
-from r2ios_d2.modeling.linear import set_cpu_linear  # noqa: E402
+from r2ios_d2.modeling.linear import onednn_available, set_cpu_linear  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("r2ios_d2.benchmark")
@@ -304,8 +304,17 @@ def _note(args) -> str:
         f"{args.bg_fraction:.0%} of the proposals are predicted background at iteration 1 "
         "(bg frac columns: reached). Heads time = ROI heads + detector_postprocess (mask "
         "pasting) for one image; total = backbone + heads. Median over repeats, cases run "
-        "round-robin in one process. Memory: " + memory
+        f"round-robin in one process. Fully connected layers of every model: {_cpu_linear(args)} "
+        "(MODEL.R2IOS.CPU_LINEAR on CPU). Memory: " + memory
     )
+
+
+def _cpu_linear(args) -> str:
+    """The fully connected layers' CPU backend the run uses, as it takes effect here."""
+    backend = args.cpu_linear or speed_cfg(0.125, "cpu").MODEL.R2IOS.CPU_LINEAR
+    if backend == "onednn" and not onednn_available():
+        return "onednn (unavailable in this torch: F.linear)"
+    return backend
 
 
 def run_speed(args) -> dict:
@@ -316,6 +325,7 @@ def run_speed(args) -> dict:
         "image_hw": list(args.image_size),
         "bg_fraction_target": args.bg_fraction,
         "note": _note(args),
+        "cpu_linear": _cpu_linear(args),
         "inference": [],
         "train": [],
         "widths": [],

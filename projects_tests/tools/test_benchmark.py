@@ -78,6 +78,37 @@ def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
     ]
     assert any("GPU" in g["goal"] and g["met"] is None for g in result["goals"])
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch"] == torch.__version__
+    assert result["cpu_linear"].startswith("onednn")  # the configs' default, in the note too
+    assert f"Fully connected layers of every model: {result['cpu_linear']}" in result["note"]
+
+
+def test_speed_puts_every_model_on_the_chosen_cpu_linear_backend(speed, tmp_path, monkeypatch):
+    from torch import nn
+
+    seen = []
+    real = speed.build_model
+
+    def build_and_record(cfg):  # R2-IOS and the baseline train model (the baseline inference
+        model = real(cfg)  # heads are built apart: checked below through set_cpu_linear)
+        seen.append(model)
+        return model
+
+    calls = []
+    set_real = speed.set_cpu_linear
+    monkeypatch.setattr(speed, "build_model", build_and_record)
+    monkeypatch.setattr(
+        speed, "set_cpu_linear", lambda m, b: calls.append((type(m).__name__, b)) or set_real(m, b)
+    )
+    argv = ["--widths", "0.0625", "--proposals", "16", "--iterations", "1", "4", "--repeats", "1"]
+    argv += ["--image-size", "64", "96", "--train-images", "1", "--results-dir", str(tmp_path)]
+    argv += ["--tag", "torch", "--no-demo", "--cpu-linear", "torch"]
+    assert speed.main(argv) == 0
+    result = json.loads((tmp_path / "speed_cpu_torch.json").read_text())
+    assert result["cpu_linear"] == "torch"
+    # the baseline's inference heads and its whole train model (the R2-IOS heads set their own)
+    assert calls == [("StandardROIHeads", "torch"), ("R2IOSRCNN", "torch")]
+    linears = {type(m) for net in seen for m in net.modules() if isinstance(m, nn.Linear)}
+    assert len(seen) == 3 and linears == {nn.Linear}  # R2-IOS twice, the baseline once
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():
