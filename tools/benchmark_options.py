@@ -48,7 +48,7 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-images", type=int, default=2, help="images per train step")
     g.add_argument(
         "--cpu-linear",
-        choices=("onednn", "torch"),
+        choices=("onednn", "torch"),  # CPU_LINEAR_BACKENDS, here before torch is imported
         help="backend of every model's fully connected layers on CPU (default: the configs' "
         "MODEL.R2IOS.CPU_LINEAR)",
     )

@@ -292,7 +292,7 @@ def bench_train(args, width: float, repeats: int) -> List[dict]:
     return _train_rows(args, width, times, memory)
 
 
-def _note(args) -> str:
+def _note(args, cpu_linear: str) -> str:
     memory = (
         "torch.cuda.max_memory_allocated."
         if args.device.startswith("cuda")
@@ -304,7 +304,7 @@ def _note(args) -> str:
         f"{args.bg_fraction:.0%} of the proposals are predicted background at iteration 1 "
         "(bg frac columns: reached). Heads time = ROI heads + detector_postprocess (mask "
         "pasting) for one image; total = backbone + heads. Median over repeats, cases run "
-        f"round-robin in one process. Fully connected layers of every model: {_cpu_linear(args)} "
+        f"round-robin in one process. Fully connected layers of every model: {cpu_linear} "
         "(MODEL.R2IOS.CPU_LINEAR on CPU). Memory: " + memory
     )
 
@@ -319,13 +319,14 @@ def _cpu_linear(args) -> str:
 
 def run_speed(args) -> dict:
     """The whole speed benchmark: inference and train step at every width."""
+    cpu_linear = _cpu_linear(args)
     result = {
         "machine": machine_info(args.device),
         "device": args.device,
         "image_hw": list(args.image_size),
         "bg_fraction_target": args.bg_fraction,
-        "note": _note(args),
-        "cpu_linear": _cpu_linear(args),
+        "note": _note(args, cpu_linear),
+        "cpu_linear": cpu_linear,
         "inference": [],
         "train": [],
         "widths": [],
