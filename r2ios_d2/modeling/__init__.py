@@ -7,11 +7,14 @@
 - ``VGGDropoutFCHead`` (ROI_BOX_HEAD_REGISTRY): fc6/fc7 with Fast R-CNN's dropout;
 - ``R2IOSROIHeads`` (ROI_HEADS_REGISTRY);
 - ``R2IOSRCNN`` (META_ARCH_REGISTRY): ``GeneralizedRCNN`` binarising masks at
-  ``MODEL.R2IOS.MASK_THRESHOLD``.
+  ``MODEL.R2IOS.MASK_THRESHOLD``;
+- :func:`set_cpu_linear` / :class:`OneDNNLinear`: fully connected layers through oneDNN on
+  CPU (``MODEL.R2IOS.CPU_LINEAR``), for any model.
 """
 
 from .backbone_vgg import VGG16TwoBranch, build_r2ios_vgg_backbone
 from .box_head import SegAwareFastRCNNOutputLayers, VGGDropoutFCHead
+from .linear import OneDNNLinear, set_cpu_linear
 from .mask_head import (
     InstanceAwareAEMaskHead,
     R2IOSConvMaskHead,
@@ -33,4 +36,6 @@ __all__ = [
     "R2IOSRCNN",
     "R2IOSROIHeads",
     "reframe_masks",
+    "OneDNNLinear",
+    "set_cpu_linear",
 ]
