@@ -158,6 +158,7 @@ RANGE_CHECKS = {
     "MODEL.R2IOS.MASK_THRESHOLD": _range_check(0, 1, low_open=True, high_open=True),
     "MODEL.R2IOS.TEST_REFINE_NMS": _range_check(0, 1, high_open=True),
     "MODEL.R2IOS.TEST_REFINE_TOPK": _range_check(0, integer=True),
+    "MODEL.R2IOS.CPU_LINEAR_PACK_MB": _range_check(0),
     "MODEL.VGG.WIDTH": _range_check(0, low_open=True),
     "MODEL.VGG.SEG_FC_DIM": _range_check(1, integer=True),
     "MODEL.VGG.SEG_FC6_DILATION": _range_check(1, integer=True),

@@ -191,7 +191,9 @@ def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]
     model = build_model(cfg).eval()
     torch.manual_seed(0)
     base_heads = build_roi_heads(baseline_cfg(cfg), model.backbone.output_shape()).to(device)
-    set_cpu_linear(base_heads.eval(), cfg.MODEL.R2IOS.CPU_LINEAR)  # fc6/fc7 as R2-IOS's
+    set_cpu_linear(
+        base_heads.eval(), cfg.MODEL.R2IOS.CPU_LINEAR, cfg.MODEL.R2IOS.CPU_LINEAR_PACK_MB
+    )  # fc6/fc7 as R2-IOS's
     heads = model.roi_heads
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator())
     images = model.preprocess_image([{"image": image.to(device)}])
@@ -263,7 +265,7 @@ def bench_train(args, width: float, repeats: int) -> List[dict]:
     nets = {"R2-IOS": build_model(cfg).train()}
     torch.manual_seed(0)
     nets["baseline"] = build_model(baseline_cfg(cfg)).train()
-    set_cpu_linear(nets["baseline"], cfg.MODEL.R2IOS.CPU_LINEAR)
+    set_cpu_linear(nets["baseline"], cfg.MODEL.R2IOS.CPU_LINEAR, cfg.MODEL.R2IOS.CPU_LINEAR_PACK_MB)
     optims = {k: torch.optim.SGD(n.parameters(), lr=1e-6, momentum=0.9) for k, n in nets.items()}
     cases = [("baseline", None, None), ("R2-IOS", 1, False), ("R2-IOS", 4, False)]
     cases += [("R2-IOS", 4, True)]

@@ -2,6 +2,8 @@
 (values and every gradient, up to float rounding), keep nn.Linear's parameters, and are what
 the heads, the trainer and the configs build."""
 
+import gc
+
 import pytest
 import torch
 from conftest import tiny_r2ios_cfg
@@ -13,7 +15,13 @@ from torch.nn import functional as F
 from r2ios_d2.config_checks import validate_r2ios_config
 from r2ios_d2.engine.trainer import R2IOSTrainer
 from r2ios_d2.modeling import linear as linear_mod
-from r2ios_d2.modeling.linear import OneDNNLinear, linear, onednn_available, set_cpu_linear
+from r2ios_d2.modeling.linear import (
+    OneDNNLinear,
+    derived_weights,
+    linear,
+    onednn_available,
+    set_cpu_linear,
+)
 
 needs_onednn = pytest.mark.skipif(
     not onednn_available(), reason="this torch has no oneDNN linear op on this CPU"
@@ -196,3 +204,136 @@ def test_training_losses_and_gradients_match_the_torch_backend(synthetic_inputs)
     for name in g_b:
         scale = g_b[name].abs().max().item()
         torch.testing.assert_close(g_a[name], g_b[name], rtol=1e-3, atol=1e-4 * scale, msg=name)
+
+
+def _count_reorders(monkeypatch):
+    calls = []
+    reorder = linear_mod._reorder
+
+    def counted(w):
+        calls.append(tuple(w.shape))
+        return reorder(w)
+
+    monkeypatch.setattr(linear_mod, "_reorder", counted)
+    return calls
+
+
+@needs_onednn
+def test_inference_packs_each_weight_once_and_repacks_when_it_changes(monkeypatch):
+    calls = _count_reorders(monkeypatch)
+    torch.manual_seed(0)
+    layer = OneDNNLinear(300, 40)
+    x = torch.randn(9, 300)
+    with torch.no_grad():
+        want = F.linear(x, layer.weight, layer.bias)
+        for _ in range(3):  # packed once, then reused
+            torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+        assert calls == [(40, 300)]
+        with torch.inference_mode():  # the same copy inside inference mode
+            torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1
+        # an in-place change (optimizer step, load_state_dict) makes a new copy
+        layer.load_state_dict({"weight": layer.weight * 2, "bias": layer.bias})
+        torch.testing.assert_close(
+            layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5
+        )
+        assert len(calls) == 2
+    # with autograd recording the weight: never packed (it changes at every step)
+    y = layer(x)
+    assert y.grad_fn is not None and len(calls) == 2
+    y.sum().backward()
+    assert layer.weight.grad is not None
+
+
+@needs_onednn
+def test_packing_respects_the_size_limit_and_frees_its_copies(monkeypatch):
+    calls = _count_reorders(monkeypatch)
+    net = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 512))
+    assert set_cpu_linear(net, "onednn", pack_mb=32 * 64 * 4 / 2**20) == 2  # the first only
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        net(x)
+        assert calls == [(32, 64)]
+        set_cpu_linear(net, "onednn", pack_mb=0)  # never
+        net(x)
+        assert len(calls) == 1
+        set_cpu_linear(net, "onednn")  # the default limit: the second too, the first kept
+        net(x)
+    assert calls == [(32, 64), (512, 32)]
+    entries = len(linear_mod._CACHE)
+    del net
+    gc.collect()
+    assert len(linear_mod._CACHE) == entries - 2
+    with pytest.raises(ValueError, match="pack_mb"):
+        set_cpu_linear(nn.Linear(2, 2), "onednn", pack_mb=-1)
+
+
+@needs_onednn
+def test_a_failing_or_wrong_packing_is_detected_once_and_left_out(monkeypatch, caplog):
+    def broken(w):
+        raise RuntimeError("no reorder")
+
+    def wrong(w):
+        return linear_mod.torch.ops.mkldnn._reorder_linear_weight((w * 2).contiguous(), None)
+
+    layer = OneDNNLinear(33, 5)
+    x = torch.randn(4, 33)
+    for reorder, message in ((broken, "unavailable"), (wrong, "disagree")):
+        monkeypatch.setattr(linear_mod, "_reorder", reorder)
+        linear_mod._packing_available.cache_clear()
+        try:
+            with caplog.at_level("WARNING", logger=linear_mod.__name__), torch.no_grad():
+                got = layer(x)  # plain layout: still right
+            assert message in caplog.text
+            torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias))
+        finally:
+            linear_mod._packing_available.cache_clear()
+        caplog.clear()
+
+
+def test_derived_weights_are_made_once_without_autograd_and_each_call_with_it():
+    layer = nn.Linear(6, 4)
+    made = []
+
+    def derive():
+        made.append(1)
+        return layer.weight * 3, layer.bias
+
+    with torch.no_grad():
+        w1, _ = derived_weights(layer, "triple", derive)
+        w2, _ = derived_weights(layer, "triple", derive)
+        assert w1 is w2 and len(made) == 1 and not w1.is_inference()
+        derived_weights(layer, "other", derive)  # another derivation of the same layer
+        assert len(made) == 2
+        layer.weight.add_(1.0)  # changed in place: derived again
+        w3, _ = derived_weights(layer, "triple", derive)
+        torch.testing.assert_close(w3, layer.weight * 3)
+        assert len(made) == 3
+    with torch.inference_mode():  # made as an ordinary tensor, usable outside too
+        w4, _ = derived_weights(layer, "triple", derive)
+    assert w4 is w3 and not w4.is_inference()
+    w5, _ = derived_weights(layer, "triple", derive)  # autograd: every call, with a graph
+    w6, _ = derived_weights(layer, "triple", derive)
+    assert w5.grad_fn is not None and w5 is not w6 and len(made) == 5
+
+
+@needs_onednn
+def test_inference_with_packed_weights_equals_the_plain_layout(synthetic_inputs):
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    outputs = []
+    for pack_mb in (0.0, 32.0):
+        set_cpu_linear(model, "onednn", pack_mb)
+        with torch.no_grad():
+            outputs.append([o["instances"] for o in model(synthetic_inputs)])
+    assert sum(len(i) for i in outputs[0]) > 0
+    for a, b in zip(*outputs):
+        assert len(a) == len(b)
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+        assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
+    cfg.MODEL.R2IOS.CPU_LINEAR_PACK_MB = -1.0
+    with pytest.raises(ValueError, match=r"MODEL\.R2IOS\.CPU_LINEAR_PACK_MB"):
+        validate_r2ios_config(cfg)

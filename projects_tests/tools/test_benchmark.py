@@ -97,7 +97,9 @@ def test_speed_puts_every_model_on_the_chosen_cpu_linear_backend(speed, tmp_path
     set_real = speed.set_cpu_linear
     monkeypatch.setattr(speed, "build_model", build_and_record)
     monkeypatch.setattr(
-        speed, "set_cpu_linear", lambda m, b: calls.append((type(m).__name__, b)) or set_real(m, b)
+        speed,
+        "set_cpu_linear",
+        lambda m, b, mb: calls.append((type(m).__name__, b, mb)) or set_real(m, b, mb),
     )
     argv = ["--widths", "0.0625", "--proposals", "16", "--iterations", "1", "4", "--repeats", "1"]
     argv += ["--image-size", "64", "96", "--train-images", "1", "--results-dir", str(tmp_path)]
@@ -106,7 +108,7 @@ def test_speed_puts_every_model_on_the_chosen_cpu_linear_backend(speed, tmp_path
     result = json.loads((tmp_path / "speed_cpu_torch.json").read_text())
     assert result["cpu_linear"] == "torch"
     # the baseline's inference heads and its whole train model (the R2-IOS heads set their own)
-    assert calls == [("StandardROIHeads", "torch"), ("R2IOSRCNN", "torch")]
+    assert calls == [("StandardROIHeads", "torch", 32.0), ("R2IOSRCNN", "torch", 32.0)]
     linears = {type(m) for net in seen for m in net.modules() if isinstance(m, nn.Linear)}
     assert len(seen) == 3 and linears == {nn.Linear}  # R2-IOS twice, the baseline once
 

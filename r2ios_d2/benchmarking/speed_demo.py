@@ -87,7 +87,9 @@ def build_demo_model(cfg: CfgNode, cpu_linear: Optional[str] = None) -> torch.nn
     """``build_model(cfg)`` with every ``nn.Linear`` on ``cpu_linear`` (default: the config's
     ``MODEL.R2IOS.CPU_LINEAR``), the stock heads' too, as the trainer builds them."""
     model = build_model(cfg)
-    set_cpu_linear(model, cpu_linear or cfg.MODEL.R2IOS.CPU_LINEAR)
+    set_cpu_linear(
+        model, cpu_linear or cfg.MODEL.R2IOS.CPU_LINEAR, cfg.MODEL.R2IOS.CPU_LINEAR_PACK_MB
+    )
     return model
 
 

@@ -174,7 +174,7 @@ class R2IOSTrainer(DefaultTrainer):
         trained beside R2-IOS use the same)."""
         validate_r2ios_config(cfg)
         model = super().build_model(cfg)
-        set_cpu_linear(model, cfg.MODEL.R2IOS.CPU_LINEAR)
+        set_cpu_linear(model, cfg.MODEL.R2IOS.CPU_LINEAR, cfg.MODEL.R2IOS.CPU_LINEAR_PACK_MB)
         return model
 
     @classmethod

@@ -24,7 +24,7 @@ from detectron2.modeling.roi_heads import (
 from torch import nn
 from torch.nn import functional as F
 
-from .linear import linear_like
+from .linear import derived_weights, linear_like
 from .mask_head import foreground_logits
 
 __all__ = [
@@ -174,11 +174,16 @@ class SegAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
     def _seg_linear(self, layer: nn.Linear, feats: torch.Tensor) -> torch.Tensor:
         """``layer`` on ``concat(fc7, vec(softmax(v) - 0.5) * scale)`` given
         ``feats = concat(fc7, vec(q) * scale)``: the channel-1 minus channel-0 columns of its
-        seg part times ``q``."""
+        seg part times ``q`` (without autograd, derived once while the parameters are
+        unchanged)."""
         fc_dim, plane = layer.in_features - self.mask_dim, self.mask_dim // 2
-        w = layer.weight
-        seg = w[:, fc_dim + plane :] - w[:, fc_dim : fc_dim + plane]
-        return linear_like(layer, feats, torch.cat([w[:, :fc_dim], seg], dim=1), layer.bias)
+
+        def derive() -> Tuple[torch.Tensor, torch.Tensor]:
+            w = layer.weight
+            seg = w[:, fc_dim + plane :] - w[:, fc_dim : fc_dim + plane]
+            return torch.cat([w[:, :fc_dim], seg], dim=1), layer.bias
+
+        return linear_like(layer, feats, *derived_weights(layer, "seg_columns", derive))
 
 
 @ROI_BOX_HEAD_REGISTRY.register()

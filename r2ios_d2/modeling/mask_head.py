@@ -26,6 +26,7 @@ parameter, for half of that layer's cost (a quarter of the autoencoder's).
 """
 
 import contextlib
+import functools
 import logging
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -38,7 +39,7 @@ from detectron2.structures import Boxes
 from torch import nn
 from torch.nn import functional as F
 
-from .linear import linear_like
+from .linear import derived_weights, linear_like
 
 __all__ = [
     "InstanceAwareAEMaskHead",
@@ -206,12 +207,14 @@ class R2IOSMaskHead(nn.Module):
 
     def _difference(self, layer: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
         """:func:`_channel_difference` of ``layer`` (one of this head's M x M x 2-output
-        layers), from the cache inside :meth:`reusing_derived_weights`."""
+        layers), from the cache inside :meth:`reusing_derived_weights`; without autograd,
+        made once while the parameters are unchanged (:func:`.linear.derived_weights`)."""
+        derive = functools.partial(_channel_difference, layer, self.mask_size**2)
         if self._derived is None:
-            return _channel_difference(layer, self.mask_size**2)
+            return derived_weights(layer, "channel_difference", derive)
         key = (id(layer), torch.is_grad_enabled())  # no graph-less copy where autograd runs
         if key not in self._derived:
-            self._derived[key] = _channel_difference(layer, self.mask_size**2)
+            self._derived[key] = derived_weights(layer, "channel_difference", derive)
         return self._derived[key]
 
     def _init_weights(self, init_std: float) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .box_head import SegAwareFastRCNNOutputLayers, build_r2ios_box_head
-from .linear import CPU_LINEAR_BACKENDS, set_cpu_linear
+from .linear import CPU_LINEAR_BACKENDS, DEFAULT_PACK_MB, set_cpu_linear
 from .losses import TrainingRows, probe_gradients, put_scalar, recursion_losses, training_gate
 from .mask_head import R2IOSMaskHead, r2ios_mask_head_names
 from .postprocessing import (
@@ -82,6 +82,7 @@ CONFIG_KEYS = {
     "train_move_foreground_by_prediction": "TRAIN_MOVE_FOREGROUND_BY_PREDICTION",
     "grad_probe_period": "GRAD_PROBE_PERIOD",
     "cpu_linear": "CPU_LINEAR",
+    "cpu_linear_pack_mb": "CPU_LINEAR_PACK_MB",
 }
 
 
@@ -110,6 +111,8 @@ def _invalid_number(arg: str, value: object) -> Optional[str]:
         return None if number and 0 <= value < 1 else "a number >= 0 and < 1 (0 = off)"
     if arg == "refine_topk":
         return None if number and isinstance(value, int) and value >= 0 else "an integer >= 0"
+    if arg == "cpu_linear_pack_mb":
+        return None if number and math.isfinite(value) and value >= 0 else "a number >= 0"
     if arg == "mask_threshold":
         return None if number and 0 < value < 1 else "a number > 0 and < 1"
     return None
@@ -190,6 +193,7 @@ class R2IOSROIHeads(StandardROIHeads):
         train_move_foreground_by_prediction: bool = False,
         grad_probe_period: int = 0,
         cpu_linear: str = "onednn",
+        cpu_linear_pack_mb: float = DEFAULT_PACK_MB,
         **kwargs,
     ):
         """
@@ -218,7 +222,9 @@ class R2IOSROIHeads(StandardROIHeads):
         check_r2ios_head_settings(settings)
         for arg, value in settings.items():  # self.num_iterations, self.gate, ...
             setattr(self, arg, value)
-        set_cpu_linear(self, cpu_linear)  # the box head's, predictor's and mask head's layers
+        set_cpu_linear(
+            self, cpu_linear, cpu_linear_pack_mb
+        )  # the box head's, predictor's and mask head's layers
 
     # ------------------------------------------------------------------------------- build
     @classmethod
