@@ -141,7 +141,7 @@ def _profile_stages(heads, stock: bool, device: str) -> StageProfile:
         profile.wrap(r2ios_postprocessing, "batched_nms", "nms")
         profile.wrap(r2ios_postprocessing, "_mask_nms", "nms")
         # TEST_MASK_FROM_OUTPUT_BOX: the mask head once more, on the outputs (not t = T + 1)
-        profile.wrap(heads, "forward_with_given_boxes", "output_box_masks", True)
+        profile.wrap(heads, "_masks_in_boxes", "output_box_masks", True)
     return profile
 
 

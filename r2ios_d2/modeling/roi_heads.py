@@ -501,7 +501,7 @@ class R2IOSROIHeads(StandardROIHeads):
                 )
             results.append(bind_trace(inst))
         if self.mask_from_output_box:
-            self.forward_with_given_boxes(features, results)
+            self._masks_in_boxes(scored, results)
         return results
 
     def _infer_iterations(
@@ -643,7 +643,12 @@ class R2IOSROIHeads(StandardROIHeads):
             the same ``Instances`` with ``pred_masks`` (N, 1, M, M) foreground probabilities.
         """
         assert not self.training
-        scored = self.mask_head.score_maps(features)
+        return self._masks_in_boxes(self.mask_head.score_maps(features), instances)
+
+    def _masks_in_boxes(
+        self, scored: List[torch.Tensor], instances: List[Instances]
+    ) -> List[Instances]:
+        """:meth:`forward_with_given_boxes` on the mask head's scored maps."""
         d = self.mask_head.foreground_logits(scored, [x.pred_boxes for x in instances])
         probs = self.mask_head.foreground_probs(d)[:, None]
         for inst, m in zip(instances, probs.split([len(x) for x in instances])):
