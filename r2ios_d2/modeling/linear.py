@@ -14,8 +14,9 @@ summation order).
 Where autograd records none of its inputs (inference), a layer's product runs on a copy of its
 weight in oneDNN's blocked layout, made once and kept while the weight is unchanged (same
 version counter, storage and shape): ~40 % faster with the few rows of the refinement
-iterations 2..T (10 rows, 3200 -> 512: 0.27 -> 0.16 ms; no loss at 2000 rows) and the same
-values as the plain layout from 3 rows up. It costs one more copy of the weight in memory, so
+iterations 2..T (10 rows, 3200 -> 512: 0.27 -> 0.16 ms; no loss at 2000 rows), equal to the
+plain layout's up to float rounding (on the demo's val split: the same AP^r and masks, scores
+within 6e-7). It costs one more copy of the weight in memory, so
 only weights up to ``MODEL.R2IOS.CPU_LINEAR_PACK_MB`` are packed (the autoencoder and the
 predictor at every width, not full-width fc6 / fc7). Weights derived from parameters (the
 mask head's channel difference, the predictor's seg columns) are kept the same way
