@@ -106,8 +106,9 @@ def _add_r2ios_model_config(_C: CN) -> None:
     # With "onednn", inference (no autograd) runs each fully connected weight up to this size
     # (MiB) in oneDNN's blocked layout, a copy made once and kept while the weight is
     # unchanged: ~40 % faster products at the few rows of refinement iterations 2..T, equal
-    # up to float rounding; one more copy of those weights in memory. 32 packs the autoencoder and the
-    # predictor at every width, not VGG-16's full-width fc6 (392 MiB) or fc7 (64); 0 = never.
+    # up to float rounding; one more copy of those weights in memory. 32 packs the
+    # autoencoder and the predictor at every width, not VGG-16's full-width fc6 (392 MiB) or
+    # fc7 (64); 0 = never.
     _C.MODEL.R2IOS.CPU_LINEAR_PACK_MB = 32.0
 
 

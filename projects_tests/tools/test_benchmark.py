@@ -2,6 +2,7 @@
 no real training (``train_net.py`` subprocesses are replaced by a fake step)."""
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -332,6 +333,8 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
         (4, True),
     ]
     stock = {r["cpu_linear"]: r["step_ms"] for r in demo["train"] if r["T"] is None}
+    for r in demo["train"]:
+        assert r["step_ms"] == pytest.approx(statistics.median(r["step_ms_all"]))  # one batch
     for r in demo["train"]:  # each against the stock heads on its own backend
         assert r["ratio_to_stock"] == pytest.approx(r["step_ms"] / stock[r["cpu_linear"]])
     assert all({"backbone", "roi_heads", "backward"} <= set(r["profile_ms"]) for r in demo["train"])
@@ -365,3 +368,12 @@ def test_stage_profile_times_module_calls_per_pass_and_leaves_out_those_of_a_con
     assert sorted(profile.ms) == ["layer t1", "layer t2", "outside_iterations"]
     assert profile.passes == 2 and all(v >= 0 for v in profile.per_pass().values())
     assert "again" not in holder.__dict__  # unwrapped after the block
+
+
+def test_demo_train_step_is_the_mean_of_each_batchs_median():
+    from r2ios_d2.benchmarking.speed_demo import _per_batch_median_mean
+
+    # two batches of different cost, three round-robin repeats, one outlier in batch 0
+    times = [10.0, 100.0, 11.0, 101.0, 50.0, 102.0]
+    assert _per_batch_median_mean(times, 2) == pytest.approx((11.0 + 101.0) / 2)
+    assert _per_batch_median_mean([3.0, 1.0, 2.0], 1) == 2.0

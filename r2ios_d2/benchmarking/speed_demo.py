@@ -316,12 +316,22 @@ def bench_demo_inference(
 
 
 # ------------------------------------------------------------------------------- training
+def _per_batch_median_mean(times: List[float], num_batches: int) -> float:
+    """Mean over the batches of each batch's median time, from round-robin ``times``
+    (repeat-major: ``times[r * num_batches + b]``): the batches differ in cost (instances,
+    sizes), so a median over all of them mixed would depend on which batch lands in the
+    middle; this is a step's time on these batches, robust to outliers per batch."""
+    per_batch = [statistics.median(times[b::num_batches]) for b in range(num_batches)]
+    return statistics.mean(per_batch)
+
+
 def bench_demo_train(
     batches: List[List[dict]], *, device: str, repeats: int, cpu_linear: Optional[str] = None
 ) -> List[dict]:
     """Seconds per training step (forward + backward + optimizer step) of R2-IOS (stage-1
     and stage-2 configs) and of the stock heads on the same ``batches``, round-robin over
-    ``repeats`` x batches; one row per model with ``step_ms`` (median), ``ratio_to_stock``
+    ``repeats`` x batches; one row per model with ``step_ms`` (the mean over the batches of
+    each batch's median), ``ratio_to_stock``
     (to the stock heads on the same ``cpu_linear`` backend) and ``profile_ms`` (ms per step:
     backbone and roi_heads forward, backward, optimizer step). On CPU with the configs'
     ``CPU_LINEAR`` "onednn" (or ``cpu_linear``, which overrides it), the stock heads and
@@ -387,7 +397,7 @@ def bench_demo_train(
                 "T": cfg.MODEL.R2IOS.NUM_ITERATIONS if name != "stock" else None,
                 "gate": cfg.MODEL.R2IOS.GATE if name != "stock" else None,
                 "images_per_step": sum(len(b) for b in batches) / len(batches),
-                "step_ms": 1000 * statistics.median(times[key]),
+                "step_ms": 1000 * _per_batch_median_mean(times[key], len(batches)),
                 "step_ms_all": [1000 * t for t in times[key]],
                 "profile_ms": profiles[key],
             }

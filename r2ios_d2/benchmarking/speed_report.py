@@ -190,7 +190,8 @@ DEMO_NOTE = (
 )
 DEMO_TRAIN_NOTE = (
     "Forward + backward + optimizer step (the config's) on the demo's first training "
-    "batches, models from their random init, round-robin; profile: ms per step. cpu linear: "
+    "batches, models from their random init, round-robin; step ms: each batch's median over "
+    "the repeats, averaged over the batches; profile: ms per step. cpu linear: "
     "the backend of every model's fully connected layers (MODEL.R2IOS.CPU_LINEAR; the rows "
     'named "(torch)" run torch\'s F.linear in the same round-robin); ×stock: to the stock '
     "heads on the same backend."
