@@ -3,6 +3,7 @@
 the heads, the trainer and the configs build."""
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -260,10 +261,14 @@ def test_packing_respects_the_size_limit_and_frees_its_copies(monkeypatch):
         set_cpu_linear(net, "onednn")  # the default limit: the second too, the first kept
         net(x)
     assert calls == [(32, 64), (512, 32)]
-    entries = len(linear_mod._CACHE)
+    ids = {id(layer.weight) for layer in net}
+    keys = [k for k in linear_mod._CACHE._entries if k[1] in ids]
+    assert len(keys) == 2
+    copies = [weakref.ref(linear_mod._CACHE._entries[k][2]) for k in keys]
     del net
     gc.collect()
-    assert len(linear_mod._CACHE) == entries - 2
+    assert all(ref() is None for ref in copies)  # the packed copies went with the layers
+    assert not any(k in linear_mod._CACHE._entries for k in keys)
     with pytest.raises(ValueError, match="pack_mb"):
         set_cpu_linear(nn.Linear(2, 2), "onednn", pack_mb=-1)
 
