@@ -16,9 +16,9 @@ weight in oneDNN's blocked layout, made once and kept while the weight is unchan
 version counter, storage and shape): ~40 % faster with the few rows of the refinement
 iterations 2..T (10 rows, 3200 -> 512: 0.27 -> 0.16 ms; no loss at 2000 rows), equal to the
 plain layout's up to float rounding (on the demo's val split: the same AP^r and masks, scores
-within 6e-7). It costs one more copy of the weight in memory, so
-only weights up to ``MODEL.R2IOS.CPU_LINEAR_PACK_MB`` are packed (the autoencoder and the
-predictor at every width, not full-width fc6 / fc7). Weights derived from parameters (the
+within 6e-7). It costs one more copy of the weight in memory, so only weights up to
+``MODEL.R2IOS.CPU_LINEAR_PACK_MB`` are packed (the autoencoder and the predictor at every
+width, not full-width fc6 / fc7). Weights derived from parameters (the
 mask head's channel difference, the predictor's seg columns) are kept the same way
 (:func:`derived_weights`), so that inference derives and packs them once.
 
@@ -147,9 +147,6 @@ class _UnchangedTensorCache:
         entry = self._entries.get(key)
         if entry is not None and any(ref is r for r in entry[0]):
             del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 _CACHE = _UnchangedTensorCache()

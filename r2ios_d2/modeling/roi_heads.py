@@ -222,9 +222,8 @@ class R2IOSROIHeads(StandardROIHeads):
         check_r2ios_head_settings(settings)
         for arg, value in settings.items():  # self.num_iterations, self.gate, ...
             setattr(self, arg, value)
-        set_cpu_linear(
-            self, cpu_linear, cpu_linear_pack_mb
-        )  # the box head's, predictor's and mask head's layers
+        # the box head's, predictor's and mask head's layers
+        set_cpu_linear(self, cpu_linear, cpu_linear_pack_mb)
 
     # ------------------------------------------------------------------------------- build
     @classmethod
