@@ -103,12 +103,12 @@ def _add_r2ios_model_config(_C: CN) -> None:
     # F.linear where this torch lacks the op), "torch" = F.linear. No effect on CUDA. The
     # project's trainer and benchmarks put the stock heads' layers on the same backend.
     _C.MODEL.R2IOS.CPU_LINEAR = "onednn"
-    # With "onednn", inference (no autograd) runs each fully connected weight up to this size
-    # (MiB) in oneDNN's blocked layout, a copy made once and kept while the weight is
-    # unchanged: ~40 % faster products at the few rows of refinement iterations 2..T, equal
-    # up to float rounding; one more copy of those weights in memory. 32 packs the
-    # autoencoder and the predictor at every width, not VGG-16's full-width fc6 (392 MiB) or
-    # fc7 (64); 0 = never.
+    # With "onednn", inference (eval mode, no autograd) runs each fully connected weight up to
+    # this size (MiB) in oneDNN's blocked layout, a copy made once and kept while the weight
+    # is unchanged: ~40 % faster products at the few rows of refinement iterations 2..T, equal
+    # up to float rounding; one more copy of those weights in memory. Training (train mode)
+    # keeps the plain layout. 32 packs the autoencoder and the predictor at every width, not
+    # VGG-16's full-width fc6 (392 MiB) or fc7 (64); 0 = never.
     _C.MODEL.R2IOS.CPU_LINEAR_PACK_MB = 32.0
 
 

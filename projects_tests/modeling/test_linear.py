@@ -208,6 +208,7 @@ def test_training_losses_and_gradients_match_the_torch_backend(synthetic_inputs)
 
 
 def _count_reorders(monkeypatch):
+    assert linear_mod._packing_available()  # its one-time check done before counting
     calls = []
     reorder = linear_mod._reorder
 
@@ -223,7 +224,7 @@ def _count_reorders(monkeypatch):
 def test_inference_packs_each_weight_once_and_repacks_when_it_changes(monkeypatch):
     calls = _count_reorders(monkeypatch)
     torch.manual_seed(0)
-    layer = OneDNNLinear(300, 40)
+    layer = OneDNNLinear(300, 40).eval()
     x = torch.randn(9, 300)
     with torch.no_grad():
         want = F.linear(x, layer.weight, layer.bias)
@@ -244,12 +245,19 @@ def test_inference_packs_each_weight_once_and_repacks_when_it_changes(monkeypatc
     assert y.grad_fn is not None and len(calls) == 2
     y.sum().backward()
     assert layer.weight.grad is not None
+    # in training mode, products without autograd keep the plain layout (the same rounding
+    # as the products with autograd of the same step)
+    layer.train()
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+        assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))
+    assert len(calls) == 2
 
 
 @needs_onednn
 def test_packing_respects_the_size_limit_and_frees_its_copies(monkeypatch):
     calls = _count_reorders(monkeypatch)
-    net = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 512))
+    net = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 512)).eval()
     assert set_cpu_linear(net, "onednn", pack_mb=32 * 64 * 4 / 2**20) == 2  # the first only
     x = torch.randn(5, 64)
     with torch.no_grad():
@@ -281,7 +289,7 @@ def test_a_failing_or_wrong_packing_is_detected_once_and_left_out(monkeypatch, c
     def wrong(w):
         return linear_mod.torch.ops.mkldnn._reorder_linear_weight((w * 2).contiguous(), None)
 
-    layer = OneDNNLinear(33, 5)
+    layer = OneDNNLinear(33, 5).eval()
     x = torch.randn(4, 33)
     for reorder, message in ((broken, "unavailable"), (wrong, "disagree")):
         monkeypatch.setattr(linear_mod, "_reorder", reorder)
@@ -297,7 +305,7 @@ def test_a_failing_or_wrong_packing_is_detected_once_and_left_out(monkeypatch, c
 
 
 def test_derived_weights_are_made_once_without_autograd_and_each_call_with_it():
-    layer = nn.Linear(6, 4)
+    layer = nn.Linear(6, 4).eval()
     made = []
 
     def derive():
@@ -320,6 +328,11 @@ def test_derived_weights_are_made_once_without_autograd_and_each_call_with_it():
     w5, _ = derived_weights(layer, "triple", derive)  # autograd: every call, with a graph
     w6, _ = derived_weights(layer, "triple", derive)
     assert w5.grad_fn is not None and w5 is not w6 and len(made) == 5
+    layer.train()
+    with torch.no_grad():  # training mode: every call too (the parameters change each step)
+        derived_weights(layer, "triple", derive)
+        derived_weights(layer, "triple", derive)
+    assert len(made) == 7
 
 
 @needs_onednn

@@ -11,16 +11,17 @@ through oneDNN on CPU float32 tensors; anywhere else (CUDA, other dtypes, a torc
 op) it is ``nn.Linear``. The results equal ``F.linear``'s up to float rounding (a different
 summation order).
 
-Where autograd records none of its inputs (inference), a layer's product runs on a copy of its
-weight in oneDNN's blocked layout, made once and kept while the weight is unchanged (same
-version counter, storage and shape): ~40 % faster with the few rows of the refinement
-iterations 2..T (10 rows, 3200 -> 512: 0.27 -> 0.16 ms; no loss at 2000 rows), equal to the
-plain layout's up to float rounding (on the demo's val split: the same AP^r and masks, scores
-within 6e-7). It costs one more copy of the weight in memory, so only weights up to
-``MODEL.R2IOS.CPU_LINEAR_PACK_MB`` are packed (the autoencoder and the predictor at every
-width, not full-width fc6 / fc7). Weights derived from parameters (the
-mask head's channel difference, the predictor's seg columns) are kept the same way
-(:func:`derived_weights`), so that inference derives and packs them once.
+In eval mode, where autograd records none of its inputs (inference), a layer's product runs
+on a copy of its weight in oneDNN's blocked layout, made once and kept while the weight is
+unchanged (same version counter, storage and shape): ~40 % faster with the few rows of the
+refinement iterations 2..T (10 rows, 3200 -> 512: 0.27 -> 0.16 ms; no loss at 2000 rows),
+equal to the plain layout's up to float rounding (on the demo's val split: the same AP^r and
+masks, scores within 6e-7). It costs one more copy of the weight in memory, so only weights up
+to ``MODEL.R2IOS.CPU_LINEAR_PACK_MB`` are packed (the autoencoder and the predictor at every
+width, not full-width fc6 / fc7). Weights derived from parameters (the mask head's channel
+difference, the predictor's seg columns) are kept the same way (:func:`derived_weights`), so
+that inference derives and packs them once. Training mode keeps the plain layout (the weights
+change at every step).
 
 ``MODEL.R2IOS.CPU_LINEAR`` ("onednn", the default, or "torch") chooses it for the R2-IOS heads
 (:func:`set_cpu_linear`); any model can be converted the same way.
@@ -167,14 +168,14 @@ def derived_weights(
     tag: str,
     derive: Callable[[], Tuple[torch.Tensor, Optional[torch.Tensor]]],
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``derive()``: a weight and bias computed from ``layer``'s parameters. Where autograd
-    records neither parameter (inference), computed once per ``tag`` and kept while the
-    parameters are unchanged; elsewhere computed on each call (with autograd).
+    """``derive()``: a weight and bias computed from ``layer``'s parameters. In eval mode where
+    autograd records neither parameter (inference), computed once per ``tag`` and kept while
+    the parameters are unchanged; elsewhere computed on each call.
 
     Returns:
         (N, K) weight and (N,) bias (or None) for :func:`linear_like` with ``layer``.
     """
-    if not _cacheable(layer.weight, layer.bias):
+    if layer.training or not _cacheable(layer.weight, layer.bias):
         return derive()
     return _CACHE.get(tag, (layer.weight, layer.bias), derive)
 
@@ -266,18 +267,27 @@ class OneDNNLinear(nn.Linear):
     parameters and state dict. Inputs with more than 2 dims are flattened to 2 and back.
 
     Attributes:
-        pack_max_bytes: inference runs weights up to this size (its own and those derived
-            from it, :func:`linear_like`) in oneDNN's blocked layout (:func:`linear`).
+        pack_max_bytes: in eval mode, inference runs weights up to this size (its own and
+            those derived from it, :func:`linear_like`) in oneDNN's blocked layout
+            (:func:`linear`); in training mode the plain layout always.
     """
 
     pack_max_bytes: float = DEFAULT_PACK_MB * 2**20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        pack = _pack_limit(self)
         if x.dim() == 2:
-            return linear(x, self.weight, self.bias, self.pack_max_bytes)
-        return linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias, self.pack_max_bytes).view(
+            return linear(x, self.weight, self.bias, pack)
+        return linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias, pack).view(
             *x.shape[:-1], self.out_features
         )
+
+
+def _pack_limit(layer: OneDNNLinear) -> float:
+    # In training the weights change at every step (a copy would be made per step) and the
+    # products without autograd (e.g. rows whose losses train nothing) keep the plain layout's
+    # rounding: packing is for a model in eval mode.
+    return 0.0 if layer.training else layer.pack_max_bytes
 
 
 def linear_like(
@@ -287,7 +297,7 @@ def linear_like(
     and ``bias`` are derived from, e.g. by :func:`derived_weights`): :func:`linear` for a
     :class:`OneDNNLinear`."""
     if isinstance(layer, OneDNNLinear):
-        return linear(x, weight, bias, layer.pack_max_bytes)
+        return linear(x, weight, bias, _pack_limit(layer))
     return F.linear(x, weight, bias)
 
 
