@@ -254,7 +254,7 @@ def linear(
         return _OneDNNLinearFunction.apply(x, weight, bias)
     if (
         0 < weight.numel() * weight.element_size() <= pack_max_bytes
-        and _cacheable(weight)
+        and not weight.is_inference()  # no version counter to tell a change by
         and _packing_available()
     ):
         packed = _CACHE.get("onednn_packed", (weight,), lambda: _reorder(weight))
