@@ -61,7 +61,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
     check them again): ``{"MODEL.R2IOS.GATE_SCORE": ("all", "foreground"), ...}``."""
     # Imported here, when a config is checked: importing this module stays light.
     from .engine.optimizer import OPTIMIZERS
-    from .modeling import backbone_vgg, box_head, linear, roi_heads
+    from .modeling import backbone_vgg, box_head, linear, roi_align, roi_heads
 
     return {
         "MODEL.R2IOS.GATE_SCORE": roi_heads.GATE_SCORES,
@@ -70,6 +70,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
         "MODEL.R2IOS.NMS_TYPE": roi_heads.NMS_TYPES,
         "MODEL.R2IOS.MASK_LOSS_NORMALIZER": roi_heads.MASK_LOSS_NORMALIZERS,
         "MODEL.R2IOS.CPU_LINEAR": linear.CPU_LINEAR_BACKENDS,
+        "MODEL.R2IOS.CPU_ROI_ALIGN_GRAD": roi_align.CPU_ROI_ALIGN_GRADS,
         "MODEL.R2IOS.SEG_AWARE_INPUT": tuple(box_head.SEG_AWARE_INPUTS),
         "MODEL.VGG.NORM": backbone_vgg.VGG_NORMS,
         "SOLVER.OPTIMIZER": OPTIMIZERS,

@@ -45,6 +45,7 @@ from .recursion import (
     reframe_masks,
     split_by_image,
 )
+from .roi_align import CPU_ROI_ALIGN_GRADS, set_cpu_roi_align_grad
 
 __all__ = ["R2IOSROIHeads", "reframe_masks"]
 
@@ -83,6 +84,7 @@ CONFIG_KEYS = {
     "grad_probe_period": "GRAD_PROBE_PERIOD",
     "cpu_linear": "CPU_LINEAR",
     "cpu_linear_pack_mb": "CPU_LINEAR_PACK_MB",
+    "cpu_roi_align_grad": "CPU_ROI_ALIGN_GRAD",
 }
 
 
@@ -93,6 +95,7 @@ _CHOICES = {
     "nms_type": NMS_TYPES,
     "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
     "cpu_linear": CPU_LINEAR_BACKENDS,
+    "cpu_roi_align_grad": CPU_ROI_ALIGN_GRADS,
 }
 
 
@@ -194,6 +197,7 @@ class R2IOSROIHeads(StandardROIHeads):
         grad_probe_period: int = 0,
         cpu_linear: str = "onednn",
         cpu_linear_pack_mb: float = DEFAULT_PACK_MB,
+        cpu_roi_align_grad: str = "matmul",
         **kwargs,
     ):
         """
@@ -224,6 +228,8 @@ class R2IOSROIHeads(StandardROIHeads):
             setattr(self, arg, value)
         # the box head's, predictor's and mask head's layers
         set_cpu_linear(self, cpu_linear, cpu_linear_pack_mb)
+        set_cpu_roi_align_grad(self.box_pooler, cpu_roi_align_grad)
+        set_cpu_roi_align_grad(self.mask_head.pooler, cpu_roi_align_grad)
 
     # ------------------------------------------------------------------------------- build
     @classmethod
