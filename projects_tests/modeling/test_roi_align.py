@@ -1,7 +1,8 @@
 """MODEL.R2IOS.CPU_ROI_ALIGN_GRAD: RoIAlign's input gradient as matrix products equals
 torchvision's backward (float64: to rounding; every sampling mode, alignment, boxes partly or
 wholly outside the map, empty boxes, images without boxes), keeps torchvision's forward, and is
-what the R2-IOS heads' poolers (not the stock heads') use on CPU."""
+what the R2-IOS heads' poolers (not the stock heads') use on CPU; the recursion's pooling of
+ready (R, 5) rows equals the route through per-image Boxes."""
 
 import pytest
 import torch
@@ -9,13 +10,17 @@ from conftest import tiny_r2ios_cfg
 from detectron2.layers import ROIAlign
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from r2ios_d2.config_checks import validate_r2ios_config
+from r2ios_d2.modeling import mask_head as mask_head_mod
 from r2ios_d2.modeling import roi_align as roi_align_mod
+from r2ios_d2.modeling import roi_heads as roi_heads_mod
 from r2ios_d2.modeling.roi_align import (
     R2IOSROIAlign,
+    pool_boxes,
     roi_align_axis_weights,
     roi_align_input_grad,
     set_cpu_roi_align_grad,
@@ -181,3 +186,47 @@ def test_heads_use_the_configured_backward_and_train_alike(synthetic_inputs):
         validate_r2ios_config(cfg)
     with pytest.raises(ValueError, match=r"MODEL\.R2IOS\.CPU_ROI_ALIGN_GRAD"):
         build_model(cfg)
+
+
+def test_pool_boxes_rows_equal_per_image_boxes():
+    g = torch.Generator().manual_seed(7)
+    feats = [torch.randn(3, 4, 10, 12, generator=g)]
+    rois = _rois(g, 12, 3, 10, 12, 0.5, outside=0.1, dtype=torch.float32)
+    rois = rois[torch.argsort(rois[:, 0], stable=True)]  # image order
+    per_image = [Boxes(rois[rois[:, 0] == i, 1:]) for i in range(3)]
+    one = ROIPooler((5, 5), (0.5,), sampling_ratio=2, pooler_type="ROIAlignV2")
+    assert torch.equal(pool_boxes(one, feats, rois), one(feats, per_image))
+    assert torch.equal(pool_boxes(one, feats, per_image), one(feats, per_image))
+    two = ROIPooler((5, 5), (0.5, 0.25), sampling_ratio=2, pooler_type="ROIAlignV2")
+    feats2 = feats + [torch.randn(3, 4, 5, 6, generator=g)]
+    assert torch.equal(pool_boxes(two, feats2, rois), two(feats2, per_image))
+
+
+def test_inference_on_rows_equals_the_per_image_boxes_route(monkeypatch, synthetic_inputs):
+    """The recursion pools its (R, 5) rows directly; the route through per-image ``Boxes``
+    and ``ROIPooler`` gives the same outputs, bit for bit."""
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    calls = []
+
+    def through_boxes(pooler, features, boxes):
+        if isinstance(boxes, torch.Tensor):
+            calls.append(len(boxes))
+            counts = torch.bincount(boxes[:, 0].long(), minlength=features[0].shape[0])
+            boxes = [Boxes(b) for b in boxes[:, 1:].split(counts.tolist())]
+        return pooler(features, boxes)
+
+    outputs = []
+    for route in ("rows", "boxes"):
+        if route == "boxes":
+            monkeypatch.setattr(roi_heads_mod, "pool_boxes", through_boxes)
+            monkeypatch.setattr(mask_head_mod, "pool_boxes", through_boxes)
+        with torch.no_grad():
+            outputs.append([o["instances"] for o in model(synthetic_inputs)])
+    assert calls and sum(len(i) for i in outputs[0]) > 0
+    for a, b in zip(*outputs):
+        assert torch.equal(a.scores, b.scores)
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.pred_masks, b.pred_masks)

@@ -268,7 +268,11 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
     tiny += ["MODEL.R2IOS.AE_HIDDEN_DIM", "32", "MODEL.R2IOS.MASK_SIZE", "20"]
     tiny += ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
     demo_cfg = speed_demo.demo_cfg
-    monkeypatch.setattr(speed_demo, "demo_cfg", lambda name, device: demo_cfg(name, device, tiny))
+    monkeypatch.setattr(
+        speed_demo,
+        "demo_cfg",
+        lambda name, device, opts=(): demo_cfg(name, device, tiny + list(opts)),
+    )
     images = []
     for i in range(2):
         x = {"image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)}
@@ -321,15 +325,20 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
                 for case in ("R2-IOS T=4", "R2-IOS T=4, all refined")
             )
             assert budget[0] == every[0] and sum(budget) <= sum(every)
-    # The configs' CPU_LINEAR ("onednn"), then the stock heads and stage 2 on torch's F.linear.
+    # The configs' CPU_LINEAR ("onednn"), then the stock heads and stage 2 on torch's F.linear,
+    # then stage 2 with torchvision's RoIAlign backward (the stock heads' own).
     models = ["stock", "stage1", "stage2", "stock (torch)", "stage2 (torch)"]
+    models.append("stage2 (torchvision RoIAlign grad)")
     assert [r["model"] for r in demo["train"]] == models
-    assert [r["cpu_linear"] for r in demo["train"]] == ["onednn"] * 3 + ["torch"] * 2
+    assert [r["cpu_linear"] for r in demo["train"]] == ["onednn"] * 3 + ["torch"] * 2 + ["onednn"]
+    grads = ["torchvision", "matmul", "matmul", "torchvision", "matmul", "torchvision"]
+    assert [r["cpu_roi_align_grad"] for r in demo["train"]] == grads
     assert [(r["T"], r["gate"]) for r in demo["train"]] == [
         (None, None),
         (4, False),
         (4, True),
         (None, None),
+        (4, True),
         (4, True),
     ]
     stock = {r["cpu_linear"]: r["step_ms"] for r in demo["train"] if r["T"] is None}

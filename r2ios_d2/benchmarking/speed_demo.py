@@ -336,21 +336,28 @@ def bench_demo_train(
     backbone and roi_heads forward, backward, optimizer step). On CPU with the configs'
     ``CPU_LINEAR`` "onednn" (or ``cpu_linear``, which overrides it), the stock heads and
     stage 2 also run with "torch" (F.linear): the same step with torch's own BLAS, in the
-    same round-robin."""
+    same round-robin. On CPU, stage 2 also runs with torchvision's RoIAlign backward
+    (``CPU_ROI_ALIGN_GRAD`` "torchvision", the stock heads' own) instead of the configs'
+    matrix products: the row "stage2 (torchvision RoIAlign grad)"."""
     from ..engine.optimizer import build_r2ios_optimizer
 
     backend = cpu_linear or demo_cfg("stage1", device).MODEL.R2IOS.CPU_LINEAR
-    models = [(name, backend) for name in ("stock", "stage1", "stage2")]
-    if device.startswith("cpu") and backend != "torch":
-        models += [("stock", "torch"), ("stage2", "torch")]
+    roi_grad = demo_cfg("stage1", device).MODEL.R2IOS.CPU_ROI_ALIGN_GRAD
+    models = [(name, backend, roi_grad) for name in ("stock", "stage1", "stage2")]
+    on_cpu = device.startswith("cpu")
+    if on_cpu and backend != "torch":
+        models += [("stock", "torch", roi_grad), ("stage2", "torch", roi_grad)]
+    if on_cpu and roi_grad != "torchvision":
+        models.append(("stage2", backend, "torchvision"))
     nets, optims, keys = {}, {}, {}
-    for name, linear in models:
+    for name, linear, grad in models:
         key = name if linear == backend else f"{name} ({linear})"
-        cfg = demo_cfg(name, device)
+        key = key if grad == roi_grad else f"{key} ({grad} RoIAlign grad)"
+        cfg = demo_cfg(name, device, ["MODEL.R2IOS.CPU_ROI_ALIGN_GRAD", grad])
         torch.manual_seed(0)
         nets[key] = build_demo_model(cfg, linear).train()
         optims[key] = build_r2ios_optimizer(cfg, nets[key])
-        keys[key] = (name, linear)
+        keys[key] = (name, linear, grad)
 
     def step(name: str, batch: List[dict], profile: Optional[StageProfile] = None) -> float:
         net, opt = nets[name], optims[name]
@@ -387,12 +394,13 @@ def bench_demo_train(
                 step(name, batch, profile)
         profiles[name] = {k.replace(" t1", ""): v for k, v in profile.per_pass().items()}
     rows = []
-    for key, (name, linear) in keys.items():
+    for key, (name, linear, grad) in keys.items():
         cfg = demo_cfg(name, device)
         rows.append(
             {
                 "model": key,
                 "cpu_linear": linear,
+                "cpu_roi_align_grad": grad if name != "stock" else "torchvision",
                 "config": DEMO_CONFIGS[name],
                 "T": cfg.MODEL.R2IOS.NUM_ITERATIONS if name != "stock" else None,
                 "gate": cfg.MODEL.R2IOS.GATE if name != "stock" else None,

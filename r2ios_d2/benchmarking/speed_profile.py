@@ -21,9 +21,11 @@ __all__ = ["StageProfile", "r2ios_stages", "stock_stages"]
 
 def r2ios_stages(heads: nn.Module) -> Dict[str, nn.Module]:
     """The timed modules of ``R2IOSROIHeads``: box pooler + head (fc6/fc7), the mask head
-    (pooling of the scored maps + AE) and the seg-aware predictor, each per iteration."""
+    (pooling of the scored maps + AE) and the seg-aware predictor, each per iteration. A
+    one-level box pooler is timed at its RoIAlign, which inference calls directly."""
+    levels = heads.box_pooler.level_poolers
     return {
-        "box_pool": heads.box_pooler,
+        "box_pool": levels[0] if len(levels) == 1 else heads.box_pooler,
         "box_head": heads.box_head,
         "mask_head_ae": heads.mask_head,
         "predictor": heads.box_predictor,

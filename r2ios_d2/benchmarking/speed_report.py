@@ -118,6 +118,7 @@ def _demo_train_table(demo: dict) -> str:
             r["model"],
             r["config"],
             r.get("cpu_linear", "–"),
+            r.get("cpu_roi_align_grad", "–"),
             r["T"] or "–",
             "–" if r["gate"] is None else r["gate"],
             fmt(r["images_per_step"], "g"),
@@ -127,7 +128,8 @@ def _demo_train_table(demo: dict) -> str:
         + [fmt(r["profile_ms"].get(k), ".0f") for k in stages]
         for r in demo["train"]
     ]
-    head = ["model", "config", "cpu linear", "T", "gate", "images", "step ms", "×stock"]
+    head = ["model", "config", "cpu linear", "RoIAlign grad", "T", "gate", "images", "step ms"]
+    head.append("×stock")
     head += [f"{k} ms" for k in stages]
     return tabulate(rows, head, tablefmt="github")
 
@@ -193,8 +195,11 @@ DEMO_TRAIN_NOTE = (
     "batches, models from their random init, round-robin; step ms: each batch's median over "
     "the repeats, averaged over the batches; profile: ms per step. cpu linear: "
     "the backend of every model's fully connected layers (MODEL.R2IOS.CPU_LINEAR; the rows "
-    'named "(torch)" run torch\'s F.linear in the same round-robin); ×stock: to the stock '
-    "heads on the same backend."
+    'named "(torch)" run torch\'s F.linear in the same round-robin); RoIAlign grad: the '
+    "input gradient of the R2-IOS heads' RoIAlign poolers on CPU (MODEL.R2IOS.CPU_ROI_ALIGN_GRAD"
+    ": matmul = two matrix products per image; the stock heads keep detectron2's RoIAlign, "
+    'torchvision\'s backward, as does the row named "(torchvision RoIAlign grad)"); ×stock: to '
+    "the stock heads on the same linear backend."
 )
 
 

@@ -28,7 +28,7 @@ parameter, for half of that layer's cost (a quarter of the autoencoder's).
 import contextlib
 import functools
 import logging
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .linear import derived_weights, linear_like
+from .roi_align import pool_boxes
 
 __all__ = [
     "InstanceAwareAEMaskHead",
@@ -265,7 +266,7 @@ class R2IOSMaskHead(nn.Module):
     def forward(
         self,
         scored: List[torch.Tensor],
-        boxes: List[Boxes],
+        boxes: Union[List[Boxes], torch.Tensor],
         confidence_maps: Optional[List[torch.Tensor]] = None,
         foreground_only: bool = False,
         grad_rows: Optional[torch.Tensor] = None,
@@ -274,7 +275,8 @@ class R2IOSMaskHead(nn.Module):
 
         Args:
             scored: output of :meth:`score_maps`.
-            boxes: one ``Boxes`` per image (R_i boxes, input-image coordinates).
+            boxes: one ``Boxes`` per image (R_i boxes, input-image coordinates), or (R, 5)
+                rows ``(image index, x1, y1, x2, y2)`` in image order (:func:`pool_boxes`).
             confidence_maps: if a list is given, the pooled confidence maps ``C``
                 (R, 2, M, M) are appended to it (for the auxiliary loss and inspection).
             foreground_only: return ``d = v[:, 1] - v[:, 0]`` instead of ``v``, computed
@@ -290,7 +292,7 @@ class R2IOSMaskHead(nn.Module):
         """
         if grad_rows is not None and torch.is_grad_enabled() and not bool(grad_rows.all()):
             return self._forward_split(scored, boxes, confidence_maps, foreground_only, grad_rows)
-        c = self.pooler(scored, boxes)
+        c = pool_boxes(self.pooler, scored, boxes)
         if confidence_maps is not None:
             confidence_maps.append(c)
         return self.layers_foreground(c) if foreground_only else self.layers(c)
@@ -298,16 +300,22 @@ class R2IOSMaskHead(nn.Module):
     def _forward_split(
         self,
         scored: List[torch.Tensor],
-        boxes: List[Boxes],
+        boxes: Union[List[Boxes], torch.Tensor],
         confidence_maps: Optional[List[torch.Tensor]],
         foreground_only: bool,
         grad_rows: torch.Tensor,
     ) -> torch.Tensor:
         """:meth:`forward` with autograd on the ``grad_rows`` only (see there)."""
-        per_image = grad_rows.split([len(b) for b in boxes])
+        if isinstance(boxes, torch.Tensor):
+            parts = (boxes[grad_rows], boxes[~grad_rows])
+        else:
+            per_image = grad_rows.split([len(b) for b in boxes])
+            parts = tuple(
+                [Boxes(b.tensor[m if grad else ~m]) for b, m in zip(boxes, per_image)]
+                for grad in (True, False)
+            )
         outputs, maps = [], []
-        for grad in (True, False):
-            part = [Boxes(b.tensor[m if grad else ~m]) for b, m in zip(boxes, per_image)]
+        for grad, part in zip((True, False), parts):
             with torch.set_grad_enabled(grad):
                 conf: Optional[List[torch.Tensor]] = [] if confidence_maps is not None else None
                 outputs.append(self(scored, part, conf, foreground_only))
@@ -323,7 +331,7 @@ class R2IOSMaskHead(nn.Module):
     def foreground_logits(
         self,
         scored: List[torch.Tensor],
-        boxes: List[Boxes],
+        boxes: Union[List[Boxes], torch.Tensor],
         confidence_maps: Optional[List[torch.Tensor]] = None,
         grad_rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:

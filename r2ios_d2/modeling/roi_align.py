@@ -13,13 +13,15 @@ gradient equals torchvision's up to float rounding (the sums run in another orde
 :class:`R2IOSROIAlign` is detectron2's :class:`~detectron2.layers.ROIAlign` with that
 backward on CPU (``MODEL.R2IOS.CPU_ROI_ALIGN_GRAD`` "matmul"; "torchvision" keeps
 torchvision's); :func:`set_cpu_roi_align_grad` switches the RoIAligns of a pooler.
+:func:`pool_boxes` runs a pooler on per-image ``Boxes`` or on ready (R, 5) rows.
 """
 
-from typing import Tuple
+from typing import List, Tuple, Union
 
 import torch
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_align as tv_roi_align
@@ -27,6 +29,7 @@ from torchvision.ops import roi_align as tv_roi_align
 __all__ = [
     "CPU_ROI_ALIGN_GRADS",
     "R2IOSROIAlign",
+    "pool_boxes",
     "roi_align_axis_weights",
     "roi_align_input_grad",
     "set_cpu_roi_align_grad",
@@ -241,3 +244,27 @@ def set_cpu_roi_align_grad(pooler: ROIPooler, cpu_grad: str) -> ROIPooler:
         elif type(layer) is ROIAlign:
             levels[i] = R2IOSROIAlign.from_roi_align(layer, cpu_grad)
     return pooler
+
+
+def pool_boxes(
+    pooler: ROIPooler, features: List[torch.Tensor], boxes: Union[List[Boxes], torch.Tensor]
+) -> torch.Tensor:
+    """``pooler(features, boxes)``, where ``boxes`` may also be the pooler's own (R, 5) format
+    ``(batch index, x1, y1, x2, y2)`` with the rows in image order: a one-level pooler then
+    pools them as they are (what ``ROIPooler`` does after converting per-image ``Boxes``,
+    without the conversion), a multi-level one gets them back as per-image ``Boxes``.
+
+    Args:
+        pooler: an ``ROIPooler``.
+        features: one (N, C, H_l, W_l) map per pooler level.
+        boxes: N ``Boxes``, or (R, 5) rows.
+
+    Returns:
+        (R, C, ph, pw) pooled features, in the order of the boxes.
+    """
+    if not isinstance(boxes, torch.Tensor):
+        return pooler(features, boxes)
+    if len(pooler.level_poolers) == 1:
+        return pooler.level_poolers[0](features[0], boxes)
+    counts = torch.bincount(boxes[:, 0].long(), minlength=features[0].shape[0]).tolist()
+    return pooler(features, [Boxes(b) for b in boxes[:, 1:].split(counts)])

@@ -13,7 +13,7 @@ paper's ``g = 0``).
 
 import logging
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -45,7 +45,7 @@ from .recursion import (
     reframe_masks,
     split_by_image,
 )
-from .roi_align import CPU_ROI_ALIGN_GRADS, set_cpu_roi_align_grad
+from .roi_align import CPU_ROI_ALIGN_GRADS, pool_boxes, set_cpu_roi_align_grad
 
 __all__ = ["R2IOSROIHeads", "reframe_masks"]
 
@@ -289,7 +289,7 @@ class R2IOSROIHeads(StandardROIHeads):
         self,
         box_features: List[torch.Tensor],
         scored: List[torch.Tensor],
-        boxes: List[Boxes],
+        boxes: Union[List[Boxes], torch.Tensor],
         confidence_maps: Optional[List[torch.Tensor]] = None,
         mask_probs: Optional[List[torch.Tensor]] = None,
         mask_grad_rows: Optional[torch.Tensor] = None,
@@ -297,6 +297,8 @@ class R2IOSROIHeads(StandardROIHeads):
         """One iteration of both sub-networks on the given boxes.
 
         Args:
+            boxes: one ``Boxes`` per image, or (R, 5) rows ``(image index, x1, y1, x2, y2)``
+                in image order (pooled as they are, :func:`pool_boxes`).
             confidence_maps: if a list, the pooled confidence maps ``C`` (R, 2, M, M) are
                 appended to it.
             mask_probs: if a list and autograd is off, the foreground probabilities (R, M, M)
@@ -311,7 +313,7 @@ class R2IOSROIHeads(StandardROIHeads):
             ``d = v[:, 1] - v[:, 0]``, or (R, 2, M, M) ``v`` where the predictor needs both
             channels (the raw-logits seg-aware input); every later use takes either.
         """
-        x = self.box_head(self.box_pooler(box_features, boxes))
+        x = self.box_head(pool_boxes(self.box_pooler, box_features, boxes))
         pred = self.box_predictor
         if pred.seg_aware and pred.seg_grad_scale > 0:
             mask_grad_rows = None  # the class and box losses of every row reach the masks
@@ -477,9 +479,7 @@ class R2IOSROIHeads(StandardROIHeads):
         box_features = [features[f] for f in self.box_in_features]
         scored = self.mask_head.score_maps(features)
         boxes, image_idx, hw = flatten_proposals(proposals, "proposal_boxes")
-        best, trace = self._infer_iterations(
-            box_features, scored, boxes, image_idx, hw, len(proposals)
-        )
+        best, trace = self._infer_iterations(box_features, scored, boxes, image_idx, hw)
         candidates = per_class_candidates if best.per_class else proposal_candidates
         predictor = self.box_predictor
         results = []
@@ -516,7 +516,6 @@ class R2IOSROIHeads(StandardROIHeads):
         boxes: torch.Tensor,
         image_idx: torch.Tensor,
         hw: torch.Tensor,
-        num_images: int,
     ) -> Tuple[BestIteration, Optional[Dict[str, torch.Tensor]]]:
         """Run the T test iterations on all (R) proposals: each moves by the deltas of its
         predicted class and keeps the iteration with the best gate score (``TEST_GATE``) or
@@ -549,12 +548,9 @@ class R2IOSROIHeads(StandardROIHeads):
             put_scalar(f"r2ios/test_active_t{t + 1}", len(active))
             in_boxes = cur[active]
             fg_probs: List[torch.Tensor] = []
-            logits, deltas, v = self._predict(
-                box_features,
-                scored,
-                split_by_image(in_boxes, image_idx[active], num_images),
-                mask_probs=fg_probs,
-            )
+            # The poolers' own row format, made once for both (rows stay in image order).
+            rois = torch.cat([image_idx[active, None].to(in_boxes.dtype), in_boxes], dim=1)
+            logits, deltas, v = self._predict(box_features, scored, rois, mask_probs=fg_probs)
             # The predictor's foreground probabilities are the output mask too: computed once.
             mask_probs = fg_probs[0] if fg_probs else self.mask_head.foreground_probs(v)
             probs = F.softmax(logits, dim=1)
