@@ -230,3 +230,31 @@ def test_inference_on_rows_equals_the_per_image_boxes_route(monkeypatch, synthet
         assert torch.equal(a.scores, b.scores)
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
         assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+def test_mask_head_takes_rows_or_boxes_with_and_without_grad_rows():
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1
+    torch.manual_seed(0)
+    head = build_model(cfg).roi_heads.mask_head
+    g = torch.Generator().manual_seed(8)
+    scored = [torch.randn(2, 2, 12, 14, generator=g, requires_grad=True)]
+    stride = 1.0 / head.pooler.level_poolers[0].spatial_scale
+    rois = _rois(g, 9, 2, 12, 14, 1.0 / stride, outside=0.1, dtype=torch.float32)
+    rois = rois[torch.argsort(rois[:, 0], stable=True)]
+    rois[:, 3:] = torch.maximum(rois[:, 3:], rois[:, 1:3] + 4)  # no empty boxes
+    per_image = [Boxes(rois[rois[:, 0] == i, 1:]) for i in range(2)]
+    grad_rows = torch.arange(9) % 3 == 0
+    results = []
+    for boxes in (rois, per_image):
+        for rows in (None, grad_rows):
+            maps: list = []
+            d = head.foreground_logits(scored, boxes, maps, grad_rows=rows)
+            (grad,) = torch.autograd.grad(d.sum(), scored[0])
+            results.append((d.detach(), maps[0].detach(), grad))
+    for d, c, _ in results[1:]:
+        torch.testing.assert_close(d, results[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(c, results[0][1], rtol=0, atol=0)
+    # with grad_rows, only those rows send gradients (rows and boxes alike)
+    assert torch.equal(results[1][2], results[3][2]) and torch.equal(results[0][2], results[2][2])
+    assert not torch.equal(results[1][2], results[0][2])
