@@ -180,7 +180,7 @@ class _RoIAlignMatmulGrad(torch.autograd.Function):
 class R2IOSROIAlign(ROIAlign):
     """detectron2's ``ROIAlign`` whose input gradient on CPU is :func:`roi_align_input_grad`
     (``cpu_grad`` "matmul") or torchvision's own ("torchvision"). The forward, and anything
-    off CPU, is torchvision's."""
+    off CPU or in another dtype than float32 / float64, is torchvision's."""
 
     def __init__(self, *args, cpu_grad: str = "matmul", **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -202,9 +202,9 @@ class R2IOSROIAlign(ROIAlign):
         matmul = (
             self.cpu_grad == "matmul"
             and input.device.type == "cpu"
+            and input.dtype in (torch.float32, torch.float64)  # torchvision's CPU dtypes
             and input.requires_grad
             and torch.is_grad_enabled()
-            and not input.is_quantized
         )
         if not matmul:
             return super().forward(input, rois)
