@@ -112,9 +112,10 @@ def _add_r2ios_model_config(_C: CN) -> None:
     _C.MODEL.R2IOS.CPU_LINEAR_PACK_MB = 32.0
     # Input gradient of the R2-IOS heads' RoIAlign poolers (box pooler, mask pooler) on CPU:
     # "matmul" = two matrix products per image (RoIAlign is separable into per-box row and
-    # column weights), 3-4x faster than torchvision's sample-by-sample backward at the demo's
-    # sizes, equal up to float rounding, slower where a feature map is large and the samples
-    # per bin many (full-width VGG-16 with sampling ratio 2: ~1.3x); "torchvision" = its own.
+    # column weights), ~3.5x faster alone than torchvision's sample-by-sample backward at the
+    # demo's sizes (~1.9x inside a training step), equal up to float rounding, slower where a
+    # feature map is large and the samples per bin many (full-width VGG-16 with sampling
+    # ratio 2: ~1.3x); "torchvision" = its own.
     # The forward is torchvision's either way; no effect on CUDA or at inference.
     _C.MODEL.R2IOS.CPU_ROI_ALIGN_GRAD = "matmul"
 

@@ -5,10 +5,12 @@ Bilinear RoIAlign is separable: for one box, output bin ``(p, q)`` of channel ``
 each axis' bilinear weights averaged over the bin's samples (torchvision's rules: samples
 outside ``[-1, size]`` count as zero, coordinates clamp to the map's edge). The gradient of the
 input is then ``Wy^T G[c] Wx`` per box, summed over the boxes of an image: two matrix products.
-torchvision's CPU backward scatters every sample of every channel one by one; on the R2-IOS
-heads' shapes the products take a third of its time (demo mask pool, 2 x 40 x 40 per box) to
-a half (box pool, 64 x 7 x 7). The forward stays torchvision's (the values are its own); the
-gradient equals torchvision's up to float rounding (the sums run in another order).
+torchvision's CPU backward scatters every sample of every channel one by one; on the demo's
+shapes the products take about a quarter of its time alone (mask pool, 2 x 40 x 40 per box;
+box pool, 64 x 7 x 7) and half of it inside a training step. Where the feature map is large
+and the samples per bin many (full-width VGG-16, sampling ratio 2) they are slower. The
+forward stays torchvision's (the values are its own); the gradient equals torchvision's up to
+float rounding (the sums run in another order).
 
 :class:`R2IOSROIAlign` is detectron2's :class:`~detectron2.layers.ROIAlign` with that
 backward on CPU (``MODEL.R2IOS.CPU_ROI_ALIGN_GRAD`` "matmul"; "torchvision" keeps
