@@ -341,8 +341,8 @@ def bench_demo_train(
     matrix products: the row "stage2 (torchvision RoIAlign grad)"."""
     from ..engine.optimizer import build_r2ios_optimizer
 
-    backend = cpu_linear or demo_cfg("stage1", device).MODEL.R2IOS.CPU_LINEAR
-    roi_grad = demo_cfg("stage1", device).MODEL.R2IOS.CPU_ROI_ALIGN_GRAD
+    configured = demo_cfg("stage1", device).MODEL.R2IOS
+    backend, roi_grad = cpu_linear or configured.CPU_LINEAR, configured.CPU_ROI_ALIGN_GRAD
     models = [(name, backend, roi_grad) for name in ("stock", "stage1", "stage2")]
     on_cpu = device.startswith("cpu")
     if on_cpu and backend != "torch":

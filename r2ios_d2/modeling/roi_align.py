@@ -28,6 +28,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_align as tv_roi_align
 
+from .recursion import split_by_image
+
 __all__ = [
     "CPU_ROI_ALIGN_GRADS",
     "R2IOSROIAlign",
@@ -268,5 +270,4 @@ def pool_boxes(
         return pooler(features, boxes)
     if len(pooler.level_poolers) == 1:
         return pooler.level_poolers[0](features[0], boxes)
-    counts = torch.bincount(boxes[:, 0].long(), minlength=features[0].shape[0]).tolist()
-    return pooler(features, [Boxes(b) for b in boxes[:, 1:].split(counts)])
+    return pooler(features, split_by_image(boxes[:, 1:], boxes[:, 0].long(), len(features[0])))
