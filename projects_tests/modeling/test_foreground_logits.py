@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from r2ios_d2.modeling.box_head import scale_grad
 from r2ios_d2.modeling.mask_head import foreground_logits
+from r2ios_d2.modeling.roi_align import pool_boxes
 
 HEADS = ["InstanceAwareAEMaskHead", "R2IOSConvMaskHead", "R2IOSFCMaskHead", "residual AE"]
 
@@ -46,7 +47,7 @@ def _literal_predict(heads):
     pred = heads.box_predictor
 
     def predict(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
-        x = heads.box_head(heads.box_pooler(box_features, boxes)).flatten(1)
+        x = heads.box_head(pool_boxes(heads.box_pooler, box_features, boxes)).flatten(1)
         v = heads.mask_head(scored, boxes, confidence_maps)
         seg = (scale_grad(v, pred.seg_grad_scale).softmax(dim=1) - 0.5).flatten(1)
         feats = torch.cat([x, seg * pred.seg_scale], dim=1)

@@ -277,7 +277,8 @@ def _scripted_predict(heads, script, record):
     confidence maps C it reports are zeros."""
 
     def fake(box_features, scored, boxes, confidence_maps=None, mask_probs=None, **kwargs):
-        n = sum(len(b) for b in boxes)
+        # (R, 5) rows at inference, per-image Boxes in training
+        n = len(boxes) if isinstance(boxes, torch.Tensor) else sum(len(b) for b in boxes)
         record.append(n)
         out = script(len(record) - 1, n)
         if confidence_maps is not None:
