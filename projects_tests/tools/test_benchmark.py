@@ -327,11 +327,14 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
             assert budget[0] == every[0] and sum(budget) <= sum(every)
     # The configs' CPU_LINEAR ("onednn"), then the stock heads and stage 2 on torch's F.linear,
     # then stage 2 with torchvision's RoIAlign backward (the stock heads' own).
+    # then stage 2 with torchvision's RoIAlign backward (the stock heads' own) and the stock
+    # heads with R2-IOS's matrix products.
     models = ["stock", "stage1", "stage2", "stock (torch)", "stage2 (torch)"]
-    models.append("stage2 (torchvision RoIAlign grad)")
+    models += ["stage2 (torchvision RoIAlign grad)", "stock (matmul RoIAlign grad)"]
     assert [r["model"] for r in demo["train"]] == models
-    assert [r["cpu_linear"] for r in demo["train"]] == ["onednn"] * 3 + ["torch"] * 2 + ["onednn"]
-    grads = ["torchvision", "matmul", "matmul", "torchvision", "matmul", "torchvision"]
+    linears = ["onednn"] * 3 + ["torch"] * 2 + ["onednn"] * 2
+    assert [r["cpu_linear"] for r in demo["train"]] == linears
+    grads = ["torchvision", "matmul", "matmul", "torchvision", "matmul", "torchvision", "matmul"]
     assert [r["cpu_roi_align_grad"] for r in demo["train"]] == grads
     assert [(r["T"], r["gate"]) for r in demo["train"]] == [
         (None, None),
@@ -340,19 +343,30 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
         (None, None),
         (4, True),
         (4, True),
+        (None, None),
     ]
-    stock = {r["cpu_linear"]: r["step_ms"] for r in demo["train"] if r["T"] is None}
+    stock = {
+        (r["cpu_linear"], r["cpu_roi_align_grad"]): r["step_ms"]
+        for r in demo["train"]
+        if r["T"] is None
+    }
     for r in demo["train"]:
         assert r["step_ms"] == pytest.approx(statistics.median(r["step_ms_all"]))  # one batch
-    for r in demo["train"]:  # each against the stock heads on its own backend
-        assert r["ratio_to_stock"] == pytest.approx(r["step_ms"] / stock[r["cpu_linear"]])
+    for r in demo["train"]:  # against the stock heads on its own linear backend
+        ref = stock[r["cpu_linear"], "torchvision"]
+        assert r["ratio_to_stock"] == pytest.approx(r["step_ms"] / ref)
+        same = stock.get((r["cpu_linear"], r["cpu_roi_align_grad"]))
+        if same is None:  # stage 2 on torch's F.linear with the products: no such stock row
+            assert r["ratio_to_stock_same_roi_grad"] is None
+        else:
+            assert r["ratio_to_stock_same_roi_grad"] == pytest.approx(r["step_ms"] / same)
     assert all({"backbone", "roi_heads", "backward"} <= set(r["profile_ms"]) for r in demo["train"])
     assert demo["skipped"] == []
     md = (tmp_path / "speed_cpu_quick_demo.md").read_text()
     assert "Demo models, inference with trained weights" in md and "box_head t1" in md
     goals = json.loads((tmp_path / "speed_cpu_quick_demo.json").read_text())["goals"]
     assert sum("trained demo" in g["goal"] for g in goals) == 2 * 3
-    assert sum("demo config" in g["goal"] for g in goals) == 2
+    assert sum("demo config" in g["goal"] for g in goals) == 2 * 2  # and on the same backward
 
 
 def test_stage_profile_times_module_calls_per_pass_and_leaves_out_those_of_a_containing_stage():

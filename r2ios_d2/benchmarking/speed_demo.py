@@ -332,30 +332,40 @@ def bench_demo_train(
     and stage-2 configs) and of the stock heads on the same ``batches``, round-robin over
     ``repeats`` x batches; one row per model with ``step_ms`` (the mean over the batches of
     each batch's median), ``ratio_to_stock``
-    (to the stock heads on the same ``cpu_linear`` backend) and ``profile_ms`` (ms per step:
+    (to the stock heads on the same ``cpu_linear`` backend, with detectron2's RoIAlign),
+    ``ratio_to_stock_same_roi_grad`` (to the stock heads with the same RoIAlign backward too,
+    where measured) and ``profile_ms`` (ms per step:
     backbone and roi_heads forward, backward, optimizer step). On CPU with the configs'
     ``CPU_LINEAR`` "onednn" (or ``cpu_linear``, which overrides it), the stock heads and
     stage 2 also run with "torch" (F.linear): the same step with torch's own BLAS, in the
-    same round-robin. On CPU, stage 2 also runs with torchvision's RoIAlign backward
-    (``CPU_ROI_ALIGN_GRAD`` "torchvision", the stock heads' own) instead of the configs'
-    matrix products: the row "stage2 (torchvision RoIAlign grad)"."""
+    same round-robin. ``cpu_roi_align_grad``: the input gradient of the RoIAlign poolers;
+    R2-IOS uses the configs' ``CPU_ROI_ALIGN_GRAD`` ("matmul": matrix products) and the stock
+    heads detectron2's RoIAlign (torchvision's backward); on CPU, stage 2 also runs with
+    torchvision's and the stock heads with the matrix products (the rows named "(...
+    RoIAlign grad)"), so that ``ratio_to_stock_same_roi_grad`` compares the two heads on the
+    same backward too."""
     from ..engine.optimizer import build_r2ios_optimizer
+    from ..modeling.roi_align import set_cpu_roi_align_grad
 
     configured = demo_cfg("stage1", device).MODEL.R2IOS
     backend, roi_grad = cpu_linear or configured.CPU_LINEAR, configured.CPU_ROI_ALIGN_GRAD
-    models = [(name, backend, roi_grad) for name in ("stock", "stage1", "stage2")]
+    own_grad = {"stock": "torchvision", "stage1": roi_grad, "stage2": roi_grad}
+    models = [(name, backend, own_grad[name]) for name in ("stock", "stage1", "stage2")]
     on_cpu = device.startswith("cpu")
     if on_cpu and backend != "torch":
-        models += [("stock", "torch", roi_grad), ("stage2", "torch", roi_grad)]
+        models += [("stock", "torch", "torchvision"), ("stage2", "torch", roi_grad)]
     if on_cpu and roi_grad != "torchvision":
-        models.append(("stage2", backend, "torchvision"))
+        models += [("stage2", backend, "torchvision"), ("stock", backend, roi_grad)]
     nets, optims, keys = {}, {}, {}
     for name, linear, grad in models:
         key = name if linear == backend else f"{name} ({linear})"
-        key = key if grad == roi_grad else f"{key} ({grad} RoIAlign grad)"
+        key = key if grad == own_grad[name] else f"{key} ({grad} RoIAlign grad)"
         cfg = demo_cfg(name, device, ["MODEL.R2IOS.CPU_ROI_ALIGN_GRAD", grad])
         torch.manual_seed(0)
         nets[key] = build_demo_model(cfg, linear).train()
+        if name == "stock" and grad != "torchvision":  # its poolers are detectron2's
+            for pooler in (nets[key].roi_heads.box_pooler, nets[key].roi_heads.mask_pooler):
+                set_cpu_roi_align_grad(pooler, grad)
         optims[key] = build_r2ios_optimizer(cfg, nets[key])
         keys[key] = (name, linear, grad)
 
@@ -400,7 +410,7 @@ def bench_demo_train(
             {
                 "model": key,
                 "cpu_linear": linear,
-                "cpu_roi_align_grad": grad if name != "stock" else "torchvision",
+                "cpu_roi_align_grad": grad,
                 "config": DEMO_CONFIGS[name],
                 "T": cfg.MODEL.R2IOS.NUM_ITERATIONS if name != "stock" else None,
                 "gate": cfg.MODEL.R2IOS.GATE if name != "stock" else None,
@@ -410,7 +420,13 @@ def bench_demo_train(
                 "profile_ms": profiles[key],
             }
         )
-    stock = {r["cpu_linear"]: r["step_ms"] for r in rows if r["config"] == DEMO_CONFIGS["stock"]}
+    stock = {
+        (r["cpu_linear"], r["cpu_roi_align_grad"]): r["step_ms"]
+        for r in rows
+        if r["config"] == DEMO_CONFIGS["stock"]
+    }
     for row in rows:
-        row["ratio_to_stock"] = row["step_ms"] / stock[row["cpu_linear"]]
+        row["ratio_to_stock"] = row["step_ms"] / stock[row["cpu_linear"], "torchvision"]
+        same = stock.get((row["cpu_linear"], row["cpu_roi_align_grad"]))
+        row["ratio_to_stock_same_roi_grad"] = row["step_ms"] / same if same else None
     return rows
