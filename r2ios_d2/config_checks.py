@@ -71,6 +71,7 @@ def allowed_choices() -> Dict[str, Tuple[str, ...]]:
         "MODEL.R2IOS.MASK_LOSS_NORMALIZER": roi_heads.MASK_LOSS_NORMALIZERS,
         "MODEL.R2IOS.CPU_LINEAR": linear.CPU_LINEAR_BACKENDS,
         "MODEL.R2IOS.CPU_ROI_ALIGN_GRAD": roi_align.CPU_ROI_ALIGN_GRADS,
+        "MODEL.R2IOS.CPU_MASK_POOL_FORWARD": roi_align.CPU_ROI_ALIGN_FORWARDS,
         "MODEL.R2IOS.SEG_AWARE_INPUT": tuple(box_head.SEG_AWARE_INPUTS),
         "MODEL.VGG.NORM": backbone_vgg.VGG_NORMS,
         "SOLVER.OPTIMIZER": OPTIMIZERS,

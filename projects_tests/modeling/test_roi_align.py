@@ -1,8 +1,10 @@
 """MODEL.R2IOS.CPU_ROI_ALIGN_GRAD: RoIAlign's input gradient as matrix products equals
 torchvision's backward (float64: to rounding; every sampling mode, alignment, boxes partly or
 wholly outside the map, empty boxes, images without boxes), keeps torchvision's forward, and is
-what the R2-IOS heads' poolers (not the stock heads') use on CPU; the recursion's pooling of
-ready (R, 5) rows equals the route through per-image Boxes."""
+what the R2-IOS heads' poolers (not the stock heads') use on CPU; MODEL.R2IOS.
+CPU_MASK_POOL_FORWARD: the forward as matrix products equals torchvision's the same way, runs
+from MATMUL_FORWARD_MIN_BOXES boxes on, on the mask head's pooler only; the recursion's pooling
+of ready (R, 5) rows equals the route through per-image Boxes."""
 
 import pytest
 import torch
@@ -19,10 +21,13 @@ from r2ios_d2.modeling import mask_head as mask_head_mod
 from r2ios_d2.modeling import roi_align as roi_align_mod
 from r2ios_d2.modeling import roi_heads as roi_heads_mod
 from r2ios_d2.modeling.roi_align import (
+    MATMUL_FORWARD_MIN_BOXES,
     R2IOSROIAlign,
     pool_boxes,
     roi_align_axis_weights,
     roi_align_input_grad,
+    roi_align_matmul,
+    set_cpu_roi_align_forward,
     set_cpu_roi_align_grad,
 )
 
@@ -79,6 +84,99 @@ def test_separable_weights_reproduce_the_forward():
         assert wy.shape == (20, 6, 11) and wx.shape == (20, 4, 17)
         got = wy[:, None] @ x[rois[:, 0].long()] @ wx[:, None].transpose(-1, -2)
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling", [0, 1, 2, 3])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 2, 32, 40, 60, (40, 40), 1 / 8),  # mask pool, one image
+        (3, 2, 9, 13, 40, (7, 5), 1 / 16),  # several images, rows in any order
+        (2, 4, 5, 6, 25, (3, 5), 0.5),  # boxes far larger than the map
+    ],
+)
+def test_forward_as_products_equals_torchvisions(shape, sampling, aligned):
+    n, c, h, w, num, size, scale = shape
+    g = torch.Generator().manual_seed(100 + sampling + 10 * aligned + num)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+    rois = _rois(g, num, n, h, w, scale)  # unsorted images, empty and outside boxes
+    ref = roi_align(x, rois, size, scale, sampling, aligned)
+    got = roi_align_matmul(x, rois, size, scale, sampling, aligned)
+    assert ref.abs().max() > 0 and got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12 * ref.abs().max().item())
+
+
+def test_forward_as_products_without_boxes_for_some_images_and_in_chunks(monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 2, 8, 9, dtype=torch.float64, generator=g)
+    assert roi_align_matmul(x, torch.zeros(0, 5, dtype=x.dtype), (4, 4), 1.0, 1, True).shape == (
+        0,
+        2,
+        4,
+        4,
+    )
+    rois = _rois(g, 30, 2, 8, 9, 1.0)  # image 2 has none
+    whole = roi_align_matmul(x, rois, (4, 4), 1.0, 2, True)
+    monkeypatch.setattr(roi_align_mod, "_CHUNK_ELEMENTS", 8 * 4 * 3)  # 3 boxes per chunk
+    chunked = roi_align_matmul(x, rois, (4, 4), 1.0, 2, True)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+    one = x[:1]
+    first = rois[rois[:, 0] == 0]
+    torch.testing.assert_close(
+        roi_align_matmul(one, first, (4, 4), 1.0, 2, True), roi_align(one, first, 4, 1.0, 2, True)
+    )
+
+
+def test_layer_runs_the_product_forward_from_the_box_threshold_with_either_backward():
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 2, 16, 19, generator=g)
+    few, many = (
+        _rois(g, num, 2, 16, 19, 1 / 8, dtype=torch.float32)
+        for num in (MATMUL_FORWARD_MIN_BOXES - 1, MATMUL_FORWARD_MIN_BOXES)
+    )
+    for cpu_grad in ("matmul", "torchvision"):
+        layer = R2IOSROIAlign((40, 40), 1 / 8, 1, aligned=True, cpu_grad=cpu_grad)
+        assert set_cpu_roi_align_forward(_pooler_of(layer), "matmul") is not None
+        assert layer.cpu_forward == "matmul" and "cpu_forward=matmul" in repr(layer)
+        for rois in (few, many):
+            grad_out = torch.randn(len(rois), 2, 40, 40, generator=g)
+            ref = roi_align(x, rois, (40, 40), 1 / 8, 1, True)
+            ref_grad = _torchvision_grad(x, rois, grad_out, (40, 40), 1 / 8, 1, True)
+            xg = x.clone().requires_grad_()
+            out = layer(xg, rois)
+            (grad,) = torch.autograd.grad(out, xg, grad_out)
+            if rois is few:  # torchvision's forward below the threshold
+                assert torch.equal(out, ref)
+            else:
+                assert out.grad_fn.name().endswith("_RoIAlignMatmulBackward")
+                torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+            if cpu_grad == "torchvision":  # its own backward on the same boxes
+                assert torch.equal(grad, ref_grad)
+            else:
+                torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+            with torch.no_grad():  # inference: the same forward, no graph
+                torch.testing.assert_close(layer(x, rois), out.detach(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cpu_forward must be one of"):
+        R2IOSROIAlign((7, 7), 0.5, 0, cpu_forward="products")
+
+
+def _pooler_of(layer: R2IOSROIAlign) -> ROIPooler:
+    pooler = ROIPooler((40, 40), (1 / 8,), sampling_ratio=1, pooler_type="ROIAlignV2")
+    pooler.level_poolers[0] = layer
+    return pooler
+
+
+def test_gradcheck_double_with_the_product_forward(monkeypatch):
+    monkeypatch.setattr(roi_align_mod, "MATMUL_FORWARD_MIN_BOXES", 1)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    rois = _rois(g, 6, 2, 6, 7, 1.0, outside=0.1)
+    for cpu_grad in ("matmul", "torchvision"):
+        layer = R2IOSROIAlign((3, 3), 1.0, 2, aligned=True, cpu_grad=cpu_grad)
+        layer.cpu_forward = "matmul"
+        assert layer(x, rois).grad_fn.name().endswith("_RoIAlignMatmulBackward")
+        assert torch.autograd.gradcheck(lambda t, layer=layer: layer(t, rois), (x,))
 
 
 def test_no_boxes_images_without_boxes_and_chunks(monkeypatch):
@@ -148,6 +246,75 @@ def test_set_cpu_roi_align_grad_on_poolers():
     assert set_cpu_roi_align_grad(max_pool, "matmul").level_poolers[0] is kept
     with pytest.raises(ValueError, match="cpu_grad must be one of"):
         set_cpu_roi_align_grad(pooler, "fast")
+
+
+def test_set_cpu_roi_align_forward_on_poolers():
+    pooler = ROIPooler((40, 40), (1 / 8,), sampling_ratio=1, pooler_type="ROIAlignV2")
+    assert set_cpu_roi_align_forward(pooler, "matmul") is pooler
+    (level,) = pooler.level_poolers
+    # a detectron2 ROIAlign keeps torchvision's backward when only the forward changes
+    assert type(level) is R2IOSROIAlign and (level.cpu_forward, level.cpu_grad) == (
+        "matmul",
+        "torchvision",
+    )
+    set_cpu_roi_align_grad(pooler, "matmul")
+    set_cpu_roi_align_forward(pooler, "torchvision")
+    assert (level.cpu_forward, level.cpu_grad) == ("torchvision", "matmul")
+    grad_only = set_cpu_roi_align_grad(
+        ROIPooler((7, 7), (1 / 16,), sampling_ratio=0, pooler_type="ROIAlignV2"), "matmul"
+    )
+    assert grad_only.level_poolers[0].cpu_forward == "torchvision"
+    max_pool = ROIPooler((7, 7), (1 / 16,), sampling_ratio=0, pooler_type="ROIPool")
+    kept = max_pool.level_poolers[0]
+    assert set_cpu_roi_align_forward(max_pool, "matmul").level_poolers[0] is kept
+    with pytest.raises(ValueError, match="cpu_forward must be one of"):
+        set_cpu_roi_align_forward(pooler, "Matmul")
+
+
+def test_heads_pool_masks_with_the_configured_forward_and_agree(monkeypatch, synthetic_inputs):
+    """The mask head's pooler takes CPU_MASK_POOL_FORWARD (the box pooler keeps torchvision's
+    forward); training losses and gradients, and inference outputs, agree with torchvision's
+    forward to float rounding (every pool on the products: the threshold lowered to 1)."""
+    monkeypatch.setattr(roi_align_mod, "MATMUL_FORWARD_MIN_BOXES", 1)
+    cfg = tiny_r2ios_cfg()
+    cfg.MODEL.R2IOS.MASK_INIT_STD = 0.1
+    assert cfg.MODEL.R2IOS.CPU_MASK_POOL_FORWARD == "matmul"
+    grads, outputs, calls = [], [], []
+    real = roi_align_mod.roi_align_matmul
+    monkeypatch.setattr(
+        roi_align_mod, "roi_align_matmul", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for forward in ("matmul", "torchvision"):
+        cfg.MODEL.R2IOS.CPU_MASK_POOL_FORWARD = forward
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        heads = model.roi_heads
+        assert {p.cpu_forward for p in heads.mask_head.pooler.level_poolers} == {forward}
+        assert {p.cpu_forward for p in heads.box_pooler.level_poolers} == {"torchvision"}
+        calls.clear()
+        torch.manual_seed(5)
+        with EventStorage():
+            losses = model(synthetic_inputs)
+        sum(losses.values()).backward()
+        assert bool(calls) == (forward == "matmul")
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        with torch.no_grad():
+            outputs.append([o["instances"] for o in model.eval()(synthetic_inputs)])
+    a, b = grads
+    assert sorted(a) == sorted(b) and "roi_heads.mask_head.score.weight" in a
+    for name in b:
+        scale = b[name].abs().max().item()
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4 * scale, msg=name)
+    assert sum(len(i) for i in outputs[0]) > 0
+    for x, y in zip(*outputs):
+        assert len(x) == len(y)
+        torch.testing.assert_close(x.scores, y.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(x.pred_masks, y.pred_masks, rtol=1e-4, atol=1e-5)
+    cfg.MODEL.R2IOS.CPU_MASK_POOL_FORWARD = "products"
+    with pytest.raises(ValueError, match=r"MODEL\.R2IOS\.CPU_MASK_POOL_FORWARD.*'matmul'"):
+        validate_r2ios_config(cfg)
+    with pytest.raises(ValueError, match=r"MODEL\.R2IOS\.CPU_MASK_POOL_FORWARD"):
+        build_model(cfg)
 
 
 def test_heads_use_the_configured_backward_and_train_alike(synthetic_inputs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import r2ios_d2.engine.runs as runs
-from r2ios_d2.benchmarking.records import PeakMemory
+from r2ios_d2.benchmarking.records import PeakMemory, cpu_description, cpu_details, result_header
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,6 +112,52 @@ def test_speed_puts_every_model_on_the_chosen_cpu_linear_backend(speed, tmp_path
     assert calls == [("StandardROIHeads", "torch", 32.0), ("R2IOSRCNN", "torch", 32.0)]
     linears = {type(m) for net in seen for m in net.modules() if isinstance(m, nn.Linear)}
     assert len(seen) == 3 and linears == {nn.Linear}  # R2-IOS twice, the baseline once
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 {flags} fma
+
+processor\t: 1
+model name\t: another CPU
+flags\t\t: avx512f
+"""
+
+
+@pytest.mark.parametrize(
+    "family, model, flags, features, details",
+    [
+        ("25", "1", "avx2", ["avx2"], " (family 25 model 1, AVX2, no AVX-512)"),
+        (
+            "25",
+            "17",
+            "avx2 avx512f avx512bw avx512_bf16",
+            ["avx512f", "avx512_bf16", "avx2"],
+            " (family 25 model 17, AVX-512 (avx512_bf16))",
+        ),
+        ("6", "85", "avx", [], " (family 6 model 85, no AVX2)"),
+    ],
+)
+def test_results_name_the_cpus_vector_extensions(family, model, flags, features, details):
+    text = _CPUINFO.format(family=family, model=model, flags=flags)
+    cpu = cpu_description(text)  # the first processor's fields only
+    assert cpu == {
+        "cpu_model": "AMD EPYC",
+        "cpu_family": family,
+        "cpu_model_number": model,
+        "cpu_features": features,
+    }
+    machine = {"command": "x", "date": "d", "cpu_count": 2, "torch": "t", "torch_threads": 1}
+    machine.update(detectron2="v", **cpu)
+    assert cpu_details(machine) == details
+    assert f"2 × AMD EPYC{details}; torch t" in result_header({"machine": machine})
+    # results written before the features were recorded keep their header
+    old = {k: v for k, v in machine.items() if k not in ("cpu_family", "cpu_features")}
+    old.pop("cpu_model_number")
+    assert cpu_details(old) == "" and "2 × AMD EPYC; torch" in result_header({"machine": old})
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

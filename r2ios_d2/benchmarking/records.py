@@ -19,6 +19,8 @@ from ..atomic import atomic_write_json, atomic_write_text
 
 __all__ = [
     "PeakMemory",
+    "cpu_description",
+    "cpu_details",
     "fmt",
     "machine_info",
     "result_header",
@@ -29,24 +31,51 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+# CPU features that decide which kernels oneDNN / MKL run (and so the speed ratios): two
+# machines sold under one model name ("AMD EPYC") measured the same code 2.5x apart.
+_CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_tile", "avx2")
+
+
+def cpu_description(cpuinfo: str) -> dict:
+    """The CPU of ``/proc/cpuinfo``'s text (its first processor): ``cpu_model`` (model
+    name), ``cpu_family`` / ``cpu_model_number`` (the vendor's numbers, e.g. AMD family 25
+    model 1 = Zen 3) and ``cpu_features``, those of :data:`_CPU_FEATURES` it lists (the
+    vector extensions the linear algebra kernels choose from); a field that is absent is
+    left out."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor only
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    out: dict = {}
+    for key, name in (("model name", "cpu_model"), ("cpu family", "cpu_family")):
+        if key in fields:
+            out[name] = fields[key]
+    if "model" in fields:
+        out["cpu_model_number"] = fields["model"]
+    if "flags" in fields:
+        flags = set(fields["flags"].split())
+        out["cpu_features"] = [f for f in _CPU_FEATURES if f in flags]
+    return out
+
+
 def machine_info(device: str) -> dict:
-    """CPU model and count, torch/detectron2 versions, threads, the command line, the date
-    and (on CUDA) the GPU name: what a benchmark result was measured on."""
+    """CPU model, count and vector extensions, torch/detectron2 versions, threads, the
+    command line, the date and (on CUDA) the GPU name: what a benchmark result was measured
+    on."""
     import detectron2
 
-    cpu_model = platform.processor() or platform.machine()
+    cpu = {"cpu_model": platform.processor() or platform.machine()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+        cpu.update(cpu_description(Path("/proc/cpuinfo").read_text()))
     except OSError:
         pass
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        **cpu,
         "torch": torch.__version__,
         "detectron2": detectron2.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -68,9 +97,26 @@ def result_header(result: dict) -> str:
     m = result["machine"]
     gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
     return (
-        f"`{m['command']}` — {m['date']}; {m['cpu_count']} × {m['cpu_model']}{gpu}; "
+        f"`{m['command']}` — {m['date']}; {m['cpu_count']} × {m['cpu_model']}{cpu_details(m)}"
+        f"{gpu}; "
         f"torch {m['torch']} ({m['torch_threads']} threads), detectron2 {m['detectron2']}\n"
     )
+
+
+def cpu_details(machine: dict) -> str:
+    """`` (family F model M, AVX-512)``-style details of a :func:`machine_info` record (the
+    widest vector extension it lists; "" where it records none: older results)."""
+    parts = []
+    if "cpu_family" in machine:
+        parts.append(f"family {machine['cpu_family']} model {machine.get('cpu_model_number', '?')}")
+    features = machine.get("cpu_features")
+    if features is not None:
+        if "avx512f" in features:
+            extra = [f for f in ("avx512_bf16", "amx_tile") if f in features]
+            parts.append("AVX-512" + (f" ({', '.join(extra)})" if extra else ""))
+        else:
+            parts.append("AVX2, no AVX-512" if "avx2" in features else "no AVX2")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def write_result(results_dir: Path, stem: str, result: dict, markdown: str) -> None:

@@ -10,8 +10,9 @@
   ``MODEL.R2IOS.MASK_THRESHOLD``;
 - :func:`set_cpu_linear` / :class:`OneDNNLinear`: fully connected layers through oneDNN on
   CPU (``MODEL.R2IOS.CPU_LINEAR``), for any model;
-- :class:`R2IOSROIAlign` / :func:`set_cpu_roi_align_grad`: RoIAlign whose CPU backward runs
-  as matrix products (``MODEL.R2IOS.CPU_ROI_ALIGN_GRAD``), for any ``ROIPooler``.
+- :class:`R2IOSROIAlign` / :func:`set_cpu_roi_align_grad` / :func:`set_cpu_roi_align_forward`:
+  RoIAlign whose CPU backward and forward run as matrix products
+  (``MODEL.R2IOS.CPU_ROI_ALIGN_GRAD``, ``CPU_MASK_POOL_FORWARD``), for any ``ROIPooler``.
 """
 
 from .backbone_vgg import VGG16TwoBranch, build_r2ios_vgg_backbone
@@ -24,7 +25,7 @@ from .mask_head import (
     R2IOSMaskHead,
 )
 from .meta_arch import R2IOSRCNN
-from .roi_align import R2IOSROIAlign, set_cpu_roi_align_grad
+from .roi_align import R2IOSROIAlign, set_cpu_roi_align_forward, set_cpu_roi_align_grad
 from .roi_heads import R2IOSROIHeads, reframe_masks
 
 __all__ = [
@@ -42,5 +43,6 @@ __all__ = [
     "OneDNNLinear",
     "set_cpu_linear",
     "R2IOSROIAlign",
+    "set_cpu_roi_align_forward",
     "set_cpu_roi_align_grad",
 ]

@@ -45,7 +45,13 @@ from .recursion import (
     reframe_masks,
     split_by_image,
 )
-from .roi_align import CPU_ROI_ALIGN_GRADS, pool_boxes, set_cpu_roi_align_grad
+from .roi_align import (
+    CPU_ROI_ALIGN_FORWARDS,
+    CPU_ROI_ALIGN_GRADS,
+    pool_boxes,
+    set_cpu_roi_align_forward,
+    set_cpu_roi_align_grad,
+)
 
 __all__ = ["R2IOSROIHeads", "reframe_masks"]
 
@@ -85,6 +91,7 @@ CONFIG_KEYS = {
     "cpu_linear": "CPU_LINEAR",
     "cpu_linear_pack_mb": "CPU_LINEAR_PACK_MB",
     "cpu_roi_align_grad": "CPU_ROI_ALIGN_GRAD",
+    "cpu_mask_pool_forward": "CPU_MASK_POOL_FORWARD",
 }
 
 
@@ -96,6 +103,7 @@ _CHOICES = {
     "mask_loss_normalizer": MASK_LOSS_NORMALIZERS,
     "cpu_linear": CPU_LINEAR_BACKENDS,
     "cpu_roi_align_grad": CPU_ROI_ALIGN_GRADS,
+    "cpu_mask_pool_forward": CPU_ROI_ALIGN_FORWARDS,
 }
 
 
@@ -198,6 +206,7 @@ class R2IOSROIHeads(StandardROIHeads):
         cpu_linear: str = "onednn",
         cpu_linear_pack_mb: float = DEFAULT_PACK_MB,
         cpu_roi_align_grad: str = "matmul",
+        cpu_mask_pool_forward: str = "matmul",
         **kwargs,
     ):
         """
@@ -230,6 +239,7 @@ class R2IOSROIHeads(StandardROIHeads):
         set_cpu_linear(self, cpu_linear, cpu_linear_pack_mb)
         set_cpu_roi_align_grad(self.box_pooler, cpu_roi_align_grad)
         set_cpu_roi_align_grad(self.mask_head.pooler, cpu_roi_align_grad)
+        set_cpu_roi_align_forward(self.mask_head.pooler, cpu_mask_pool_forward)
 
     # ------------------------------------------------------------------------------- build
     @classmethod
