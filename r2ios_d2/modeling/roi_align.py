@@ -14,8 +14,8 @@ gradient equals torchvision's up to float rounding (the sums run in another orde
 The forward can run the same way, ``Wy[r] @ F[c] @ Wx[r]^T`` as two products per image and
 channel (:func:`roi_align_matmul`). torchvision's CPU forward spends most of its time on the
 per-sample positions and weights, shared by the channels: with the mask head's 2 channels and
-40 x 40 bins the products are ~2x faster from ~60 boxes up (every training iteration, the
-first test iteration); with many channels (the box pooler's 64-512) or a few boxes
+40 x 40 bins the products are faster from ~50 boxes up, ~2x at 200 (every training
+iteration, the first test iteration); with many channels (the box pooler's 64-512) or a few boxes
 (the later test iterations' ~10) torchvision's is faster. Equal up to float rounding.
 
 :class:`R2IOSROIAlign` is detectron2's :class:`~detectron2.layers.ROIAlign` with that
