@@ -48,12 +48,12 @@ def cpu_description(cpuinfo: str) -> dict:
             break  # the first processor only
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    out: dict = {}
-    for key, name in (("model name", "cpu_model"), ("cpu family", "cpu_family")):
-        if key in fields:
-            out[name] = fields[key]
-    if "model" in fields:
-        out["cpu_model_number"] = fields["model"]
+    names = (
+        ("model name", "cpu_model"),
+        ("cpu family", "cpu_family"),
+        ("model", "cpu_model_number"),
+    )
+    out: dict = {name: fields[key] for key, name in names if key in fields}
     if "flags" in fields:
         flags = set(fields["flags"].split())
         out["cpu_features"] = [f for f in _CPU_FEATURES if f in flags]

@@ -27,7 +27,7 @@ RoIAligns of a pooler.
 :func:`pool_boxes` runs a pooler on per-image ``Boxes`` or on ready (R, 5) rows.
 """
 
-from typing import List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 from detectron2.layers import ROIAlign
@@ -173,21 +173,27 @@ def roi_align_input_grad(
     batch = rois[:, 0].long()
     # Per box: U = Wy^T G (H x C*pw); per image: sum_r U_r Wx_r as one (C*H, R*pw) @ (R*pw, W).
     step = max(1, _CHUNK_ELEMENTS // (h * c * pw))
-    for image in range(n):
-        rows = torch.nonzero(batch == image).squeeze(1)
-        out = grad[image].view(c * h, w)
-        for chunk in rows.split(step):
-            k = len(chunk)
-            g = grad_output[chunk].permute(0, 2, 1, 3).reshape(k, ph, c * pw)
-            u = torch.bmm(wy[chunk].transpose(1, 2), g)  # (k, H, C*pw)
-            u = u.view(k, h, c, pw).permute(2, 1, 0, 3).reshape(c * h, k * pw)
-            out.addmm_(u, wx[chunk].reshape(k * pw, w))
+    for image, chunk, k in _image_chunks(batch, n, step):
+        g = grad_output[chunk].permute(0, 2, 1, 3).reshape(k, ph, c * pw)
+        u = torch.bmm(wy[chunk].transpose(1, 2), g)  # (k, H, C*pw)
+        u = u.view(k, h, c, pw).permute(2, 1, 0, 3).reshape(c * h, k * pw)
+        grad[image].view(c * h, w).addmm_(u, wx[chunk].reshape(k * pw, w))
     return grad
 
 
-def _image_rows(batch: torch.Tensor, image: int, num_images: int) -> Optional[torch.Tensor]:
-    """Indices of the rows of ``image`` (None: all rows, the only image)."""
-    return None if num_images == 1 else torch.nonzero(batch == image).squeeze(1)
+def _image_chunks(
+    batch: torch.Tensor, num_images: int, step: int
+) -> Iterator[Tuple[int, Union[slice, torch.Tensor], int]]:
+    """``(image, rows, k)``: the rows of each image (batch index ``batch`` (R,)) in chunks of
+    at most ``step``; ``rows`` indexes them (a full slice, without a gather, where one chunk
+    is every row of the only image), ``k`` counts them. Images without rows yield nothing."""
+    if num_images == 1 and len(batch) <= step:
+        yield 0, slice(None), len(batch)
+        return
+    for image in range(num_images):
+        for chunk in torch.nonzero(batch == image).squeeze(1).split(step):
+            if len(chunk):
+                yield image, chunk, len(chunk)
 
 
 def roi_align_matmul(
@@ -223,20 +229,11 @@ def roi_align_matmul(
     )
     batch = rois[:, 0].long()
     step = max(1, _CHUNK_ELEMENTS // (h * pw))  # bounds the (k, H, pw) intermediate
-    for image in range(n):
-        rows = _image_rows(batch, image, n)
-        everything = torch.arange(len(rois), device=x.device) if rows is None else rows
-        for chunk in everything.split(step):
-            k = len(chunk)
-            whole = rows is None and k == len(rois)
-            wyc, wxc = (wy, wx) if whole else (wy[chunk], wx[chunk])
-            cols = wxc.reshape(k * pw, w).t()
-            for ch in range(c):
-                u = (x[image, ch] @ cols).view(h, k, pw).transpose(0, 1)  # (k, H, pw)
-                if whole:
-                    out[:, ch] = torch.bmm(wyc, u)
-                else:
-                    out[chunk, ch] = torch.bmm(wyc, u)
+    for image, chunk, k in _image_chunks(batch, n, step):
+        wyc, cols = wy[chunk], wx[chunk].reshape(k * pw, w).t()
+        for ch in range(c):
+            u = (x[image, ch] @ cols).view(h, k, pw).transpose(0, 1)  # (k, H, pw)
+            out[chunk, ch] = torch.bmm(wyc, u)
     return out
 
 
