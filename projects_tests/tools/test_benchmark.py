@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_r2ios_cfg
 
 import r2ios_d2.engine.runs as runs
 from r2ios_d2.benchmarking.records import PeakMemory, cpu_description, cpu_details, result_header
@@ -354,6 +355,22 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
             assert "mask_head_ae t5" not in r["profile_ms"]
         if r["case"] == "R2-IOS T=1":
             assert r["iterations_after_first_ms"] == 0
+        # The layers of iterations 2..T alone: a lower bound on T = 4 from T = 1's time.
+        if r["case"].startswith("R2-IOS T=4") and any(r["active_per_iteration"][1:]):
+            t1 = next(
+                x["ms_per_image"]
+                for x in demo["inference"]
+                if (x["stage"], x["proposals"], x["case"])
+                == (r["stage"], r["proposals"], "R2-IOS T=1")
+            )
+            floor = r["layers_alone_after_first_ms"]
+            assert floor > 0
+            assert r["least_ratio_to_T1"] == pytest.approx((t1 + floor) / t1)
+            assert r["least_ratio_to_stock"] == pytest.approx(
+                r["least_ratio_to_T1"] * t1 * r["ratio_to_stock"] / r["ms_per_image"]
+            )
+        elif not r["case"].startswith("R2-IOS T=4"):
+            assert r["layers_alone_after_first_ms"] is None and r["least_ratio_to_T1"] is None
         if r["case"].startswith("R2-IOS T=4"):
             assert r["active_per_iteration"][0] == (32 if r["proposals"] == "random_16" else 24)
             assert "box_head t1" in r["profile_ms"] and "nms" in r["profile_ms"]
@@ -372,7 +389,6 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
             )
             assert budget[0] == every[0] and sum(budget) <= sum(every)
     # The configs' CPU_LINEAR ("onednn"), then the stock heads and stage 2 on torch's F.linear,
-    # then stage 2 with torchvision's RoIAlign backward (the stock heads' own).
     # then stage 2 with torchvision's RoIAlign backward (the stock heads' own) and the stock
     # heads with R2-IOS's matrix products.
     models = ["stock", "stage1", "stage2", "stock (torch)", "stage2 (torch)"]
@@ -412,6 +428,8 @@ def test_speed_demo_part_writes_trained_ratios_profile_and_train_steps(
     assert "Demo models, inference with trained weights" in md and "box_head t1" in md
     goals = json.loads((tmp_path / "speed_cpu_quick_demo.json").read_text())["goals"]
     assert sum("trained demo" in g["goal"] for g in goals) == 2 * 3
+    assert all("layers alone: ≥ " in g["measured"] for g in goals if "trained demo" in g["goal"])
+    assert "least ×T=1" in md
     assert sum("demo config" in g["goal"] for g in goals) == 2 * 2  # and on the same backward
 
 
@@ -446,3 +464,33 @@ def test_demo_train_step_is_the_mean_of_each_batchs_median():
     times = [10.0, 100.0, 11.0, 101.0, 50.0, 102.0]
     assert _per_batch_median_mean(times, 2) == pytest.approx((11.0 + 101.0) / 2)
     assert _per_batch_median_mean([3.0, 1.0, 2.0], 1) == 2.0
+
+
+def test_layers_alone_run_the_heads_layers_on_the_given_number_of_rows():
+    """One iteration's layers (box head, mask head's layers, predictor), each once per run on
+    ``rows`` rows, with boxes repeated where fewer are given; the heads are left as they were."""
+    from detectron2.modeling import build_model
+
+    from r2ios_d2.benchmarking.speed_demo import layers_alone_ms
+    from r2ios_d2.benchmarking.speed_setup import random_proposals
+
+    model = build_model(tiny_r2ios_cfg()).eval()
+    heads = model.roi_heads
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 3, 64, 96))
+    boxes = random_proposals(3, 64, 96, "cpu").proposal_boxes.tensor
+    seen = []
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, args: seen.append((type(mod).__name__, len(args[0])))
+        )
+        for m in (heads.box_head, heads.box_predictor)
+    ]
+    try:
+        ms = layers_alone_ms(heads, feats, boxes, 7, "cpu", repeats=4)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ms > 0
+    assert len(seen) == 2 * 5 and all(n == 7 for _, n in seen)  # warm-up + 4 repeats
+    assert not heads.training and heads.mask_head._derived is None

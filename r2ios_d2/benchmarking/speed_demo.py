@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..config import add_r2ios_config
 from ..modeling import postprocessing as r2ios_postprocessing
 from ..modeling.linear import set_cpu_linear
+from ..modeling.roi_align import pool_boxes
 from .records import sync
 from .speed_profile import StageProfile, r2ios_stages, stock_stages
 from .speed_setup import (
@@ -168,6 +169,47 @@ def _r2ios_case(model, T: int, refine_nms: Optional[float] = None) -> Callable:
     return run
 
 
+def layers_alone_ms(
+    heads, feats: Dict[str, torch.Tensor], boxes: torch.Tensor, rows: int, device: str, repeats: int
+) -> float:
+    """Milliseconds of one R2-IOS iteration's layers alone at ``rows`` proposals: the box head
+    (fc6 / fc7), the mask head's layers (the autoencoder) and the seg-aware predictor, as
+    :meth:`R2IOSROIHeads._predict` calls them, on inputs pooled beforehand from the first
+    ``rows`` of ``boxes`` (repeated if fewer), run back to back (median over ``repeats``): no
+    pooling, gate, box refinement or bookkeeping. A lower bound on what an iteration 2..T
+    costs with that many active proposals.
+
+    Args:
+        heads: an ``R2IOSROIHeads`` in eval mode.
+        feats: one image's backbone outputs, each (1, C, H_l, W_l).
+        boxes: (B, 4) boxes in that image (B >= 1).
+    """
+    pick = torch.arange(max(rows, 1), device=boxes.device) % len(boxes)
+    rois = torch.cat([boxes.new_zeros(len(pick), 1), boxes[pick]], dim=1)
+    mask_head, predictor = heads.mask_head, heads.box_predictor
+    box_in = pool_boxes(heads.box_pooler, [feats[f] for f in heads.box_in_features], rois)
+    c = pool_boxes(mask_head.pooler, mask_head.score_maps(feats), rois)
+
+    def once() -> None:
+        x = heads.box_head(box_in)
+        if predictor.needs_mask_channels:
+            predictor(x, mask_head.layers(c))
+        else:
+            d = mask_head.layers_foreground(c)
+            predictor(x, d, mask_probs=mask_head.foreground_probs(d))
+
+    times = []
+    with torch.no_grad(), mask_head.reusing_derived_weights():
+        once()
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            once()
+            sync(device)
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
 def bench_demo_inference(
     stage: str,
     weights: str,
@@ -301,10 +343,30 @@ def bench_demo_inference(
                     ),
                 }
             )
+    # The least iterations 2..T could cost: their layers alone at each iteration's mean
+    # number of active proposals per image (one image's features and proposals as inputs).
+    _, _, feats0, props0 = prepared[0]
+    boxes0 = props0["selective_search"].proposal_boxes.tensor
+    layer_ms: Dict[int, float] = {}
+    for row in rows:
+        later = (row["active_per_iteration"] or [])[1:]
+        for c in later:
+            n = round(c / len(prepared))
+            if n not in layer_ms:
+                layer_ms[n] = layers_alone_ms(
+                    model.roi_heads, feats0, boxes0, n, device, max(3 * repeats, 10)
+                )
+        row["layers_alone_after_first_ms"] = (
+            sum(layer_ms[round(c / len(prepared))] for c in later) if later else None
+        )
     for row in rows:
         ref = {r["case"]: r["ms_per_image"] for r in rows if r["proposals"] == row["proposals"]}
         row["ratio_to_T1"] = row["ms_per_image"] / ref["R2-IOS T=1"]
         row["ratio_to_stock"] = row["ms_per_image"] / ref["stock heads"]
+        floor = row["layers_alone_after_first_ms"]
+        least = None if floor is None else ref["R2-IOS T=1"] + floor
+        row["least_ratio_to_T1"] = None if least is None else least / ref["R2-IOS T=1"]
+        row["least_ratio_to_stock"] = None if least is None else least / ref["stock heads"]
     facts.update(
         images=len(prepared),
         dataset=inputs.dataset,

@@ -24,6 +24,7 @@ __all__ = [
     "flatten_proposals",
     "gate_iterations",
     "refine_boxes",
+    "refined_from_class_boxes",
     "reframe_masks",
     "split_by_image",
 ]
@@ -116,6 +117,36 @@ def class_boxes(
     return clipped.view(n, n_reg, 4).expand(-1, num_classes, -1)
 
 
+def refined_from_class_boxes(
+    boxes_per_class: torch.Tensor,
+    boxes: torch.Tensor,
+    classes: torch.Tensor,
+    moving: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`refine_boxes` from the clipped boxes of every class (:func:`class_boxes`), for
+    inference with per-class outputs, which decodes them anyway: ``l_t`` is the box of the
+    predicted class where the row moves (``moving``) and the box keeps both sides of at
+    least ``MIN_BOX_SIDE``; ``l_{t-1}`` elsewhere. The same decoding and clipping as
+    :func:`refine_boxes` (equal up to float rounding: a vectorised ``exp`` and its scalar
+    remainder may differ in the last bit), and each row's ``l_t`` is exactly its class's
+    entry of ``boxes_per_class``.
+
+    Args:
+        boxes_per_class: (R, K, 4) clipped boxes of every foreground class.
+        boxes: (R, 4) ``l_{t-1}``.
+        classes: (R,) predicted classes in [0, K] (K = background: the row does not move).
+        moving: (R,) bool, the rows that move (predicted foreground).
+
+    Returns:
+        (R, 4) ``l_t``.
+    """
+    k = boxes_per_class.shape[1]
+    rows = torch.arange(len(boxes), device=boxes.device)
+    picked = boxes_per_class[rows, classes.clamp(max=k - 1)]
+    ok = moving & ((picked[:, 2:] - picked[:, :2]) >= MIN_BOX_SIDE).all(dim=1)
+    return torch.where(ok[:, None], picked, boxes)
+
+
 def gate_iterations(class_logits: List[torch.Tensor], gt_classes: torch.Tensor) -> torch.Tensor:
     """The reversible gate in training: ``t' = argmax_t p_{t,g}`` (first on ties).
 
@@ -199,21 +230,24 @@ class BestIteration:
             self.probs = torch.zeros(r, k + 1, device=device)
             self.class_boxes = boxes[:, None].repeat(1, k, 1)
 
-    def update(self, rows: torch.Tensor, better: torch.Tensor, t: int, **values: torch.Tensor):
-        """Set iteration ``t``'s outputs of the rows ``rows = active[better]``.
+    def update(self, active: torch.Tensor, better: torch.Tensor, t: int, **values: torch.Tensor):
+        """Set iteration ``t``'s outputs of the rows ``active[better]``.
 
         Args:
-            rows: (B,) row indices to update.
-            better: (A,) bool over the active rows: which of them improved.
+            active: (A,) the row indices the iteration ran on.
+            better: (A,) bool: which of them improved.
             t: 0-based iteration.
             values: (A, ...) tensors named as the fields (``gate``, ``cls``, ``score``,
-                ``box``, ``frame``, ``mask``, and ``probs`` / ``class_boxes`` if per class;
-                ``class_boxes`` holds only the B improved rows).
+                ``box``, ``frame``, ``mask``, and ``probs`` / ``class_boxes`` if per class).
         """
+        if bool(better.all()):  # e.g. the first iteration: written without a gather
+            rows, pick = active, None
+        else:
+            pick = torch.nonzero(better).squeeze(1)
+            rows = active[pick]
         self.t[rows] = t
         for name, value in values.items():
-            target = getattr(self, name)
-            target[rows] = value if name == "class_boxes" else value[better]
+            getattr(self, name)[rows] = value if pick is None else value[pick]
 
 
 class IterationTrace:

@@ -42,6 +42,7 @@ from .recursion import (
     class_boxes,
     flatten_proposals,
     refine_boxes,
+    refined_from_class_boxes,
     reframe_masks,
     split_by_image,
 )
@@ -567,26 +568,25 @@ class R2IOSROIHeads(StandardROIHeads):
             score, cls = probs.max(dim=1)  # ĝ_t over K+1 classes (K = background)
             gate = score if self.gate_score == "all" else probs[:, :K].max(dim=1).values
             moving = cls < K
-            new_boxes = in_boxes.clone()
-            new_boxes[moving] = self._refine(
-                deltas[moving], in_boxes[moving], cls[moving], hw[active[moving]]
-            )
+            values = dict(gate=gate, cls=cls, score=score, frame=in_boxes)
+            if best.per_class:
+                # Every class's box is an output: decoded once, l_t taken from them.
+                transform = self.box_predictor.box2box_transform
+                values["class_boxes"] = class_boxes(transform, deltas, in_boxes, hw[active], K)
+                values["probs"] = probs
+                new_boxes = refined_from_class_boxes(values["class_boxes"], in_boxes, cls, moving)
+            else:
+                new_boxes = in_boxes.clone()
+                new_boxes[moving] = self._refine(
+                    deltas[moving], in_boxes[moving], cls[moving], hw[active[moving]]
+                )
+            values["box"] = new_boxes
             # Strictly better only: a tie keeps the earliest iteration. Without the test gate
             # the last iteration a proposal reaches is its output.
             better = gate > best.gate[active] if self.test_gate else torch.ones_like(moving)
-            values = dict(gate=gate, cls=cls, score=score, box=new_boxes, frame=in_boxes)
-            if best.per_class:
-                values["probs"] = probs
-                values["class_boxes"] = class_boxes(
-                    self.box_predictor.box2box_transform,
-                    deltas[better],
-                    in_boxes[better],
-                    hw[active[better]],
-                    K,
-                )
             if keep_masks:
                 values["mask"] = mask_probs
-            best.update(active[better], better, t, **values)
+            best.update(active, better, t, **values)
             if trace is not None:
                 trace.record(active, t, boxes=new_boxes, scores=gate, classes=cls, masks=mask_probs)
             cur[active] = new_boxes
