@@ -278,6 +278,8 @@ def bench_demo_inference(
         return 1000 * total / len(prepared)
 
     def heads_pass(case: str, source: str, storage_counts: Optional[list] = None) -> tuple:
+        """ms per image and detections; per image, the active proposals per iteration are
+        appended to ``storage_counts``."""
         total, dets = 0.0, 0
         for x, images, feats, props in prepared:
             with EventStorage() as storage:
@@ -289,26 +291,37 @@ def bench_demo_inference(
                 total += time.perf_counter() - t0
             dets += len(out[0])
             if storage_counts is not None:
-                counts = active_per_iteration(storage)
-                storage_counts.extend([0] * (len(counts) - len(storage_counts)))
-                for t, c in enumerate(counts):
-                    storage_counts[t] += c
+                storage_counts.append(active_per_iteration(storage))
         return 1000 * total / len(prepared), dets
 
+    # The least iterations 2..T could cost: their layers alone at the number of proposals
+    # each runs on in each image (one image's features and proposals as inputs; none where
+    # an image's iteration ran on none), timed in the same round-robin.
+    _, _, feats0, props0 = prepared[0]
+    boxes0 = props0["selective_search"].proposal_boxes.tensor
+
     with torch.no_grad():
-        for case in cases:  # warm-up
-            heads_pass(case, sources[0])
-        times = {(c, s): [] for c in cases for s in sources}
+        times: Dict[Tuple[str, str], list] = {(c, s): [] for c in cases for s in sources}
+        active: Dict[Tuple[str, str], list] = {key: [] for key in times}
+        for key in times:  # warm-up, and how many proposals each iteration runs on
+            heads_pass(*key, active[key])
+        layer_times: Dict[int, list] = {
+            n: [] for per_image in active.values() for c in per_image for n in c[1:] if n > 0
+        }
         backbone_times = []
         for _ in tqdm(range(repeats), desc=f"demo inference {stage}", leave=False):
             backbone_times.append(backbone_pass())
             for key in times:
                 times[key].append(heads_pass(*key)[0])
+            for n, ts in layer_times.items():
+                ts.append(layers_alone_ms(model.roi_heads, feats0, boxes0, n, device, 1))
         backbone_ms = statistics.median(backbone_times)
+        layer_ms = {n: statistics.median(ts) for n, ts in layer_times.items()}
         rows = []
         for (case, source), ts in times.items():
-            counts: list = []
-            _, dets = heads_pass(case, source, counts)
+            per_image = active[case, source]
+            counts = [sum(c) for c in itertools.zip_longest(*per_image, fillvalue=0)]
+            _, dets = heads_pass(case, source)
             profile = _profile_stages(
                 stock_heads if case == "stock heads" else model.roi_heads,
                 case == "stock heads",
@@ -341,24 +354,13 @@ def bench_demo_inference(
                     "active_fraction_after_first": (
                         statistics.mean(counts[1:]) / counts[0] if len(counts) > 1 else None
                     ),
+                    "layers_alone_after_first_ms": (
+                        sum(layer_ms[n] for c in per_image for n in c[1:] if n > 0) / len(prepared)
+                        if len(counts) > 1
+                        else None
+                    ),
                 }
             )
-    # The least iterations 2..T could cost: their layers alone at each iteration's mean
-    # number of active proposals per image (one image's features and proposals as inputs).
-    _, _, feats0, props0 = prepared[0]
-    boxes0 = props0["selective_search"].proposal_boxes.tensor
-    layer_ms: Dict[int, float] = {}
-    for row in rows:
-        later = (row["active_per_iteration"] or [])[1:]
-        for c in later:
-            n = round(c / len(prepared))
-            if n not in layer_ms:
-                layer_ms[n] = layers_alone_ms(
-                    model.roi_heads, feats0, boxes0, n, device, max(3 * repeats, 10)
-                )
-        row["layers_alone_after_first_ms"] = (
-            sum(layer_ms[round(c / len(prepared))] for c in later) if later else None
-        )
     for row in rows:
         ref = {r["case"]: r["ms_per_image"] for r in rows if r["proposals"] == row["proposals"]}
         row["ratio_to_T1"] = row["ms_per_image"] / ref["R2-IOS T=1"]

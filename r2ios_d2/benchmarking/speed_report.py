@@ -194,10 +194,11 @@ DEMO_NOTE = (
     "proposals the previous iteration moved (predicted foreground, box changed): for a share a "
     "of them (active t≥2 / t=1), heads time h and backbone time b per image, T = 4 costs about "
     "1 + 3·a·h / (b + h) times T = 1. Layers alone 2..T: what iterations 2..T's layers "
-    "(box head, autoencoder, predictor) take by themselves at each iteration's mean active "
-    "proposals per image, on pooled inputs, back to back (no pooling, gate, refinement or "
-    "bookkeeping); least ×T=1 / ×stock: the ratios T = 4 would have if iterations 2..T cost "
-    "only that (a lower bound)."
+    "(box head, autoencoder, predictor) take by themselves, per image, at the number of "
+    "proposals each iteration ran on in each image (pooled beforehand; no pooling, gate, "
+    "refinement or bookkeeping; timed in the same round-robin, each right after a warm-up "
+    "run); least ×T=1 / ×stock: the ratios T = 4 would have if iterations 2..T cost only "
+    "that (a lower bound)."
 )
 DEMO_TRAIN_NOTE = (
     "Forward + backward + optimizer step (the config's) on the demo's first training "
