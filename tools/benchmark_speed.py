@@ -183,6 +183,34 @@ def _inference_rows(cases: List[_Case], m: dict, width: float, backbone_ms: floa
     return rows
 
 
+def _add_layers_alone(rows: List[dict], heads, feats, boxes: torch.Tensor, device: str) -> None:
+    """Per R2-IOS row with iterations after the first: ``layers_alone_after_first_ms`` (those
+    iterations' layers alone at their active proposals, a lower bound on their cost) and the
+    least ratios to T = 1 and to the baseline it allows."""
+    from r2ios_d2.benchmarking.speed_demo import layers_alone_ms
+
+    cache: dict = {}
+    for row in rows:
+        later = [c for c in (row["active_per_iteration"] or [])[1:] if c > 0]
+        if not later:
+            continue
+        for c in later:
+            if c not in cache:
+                cache[c] = layers_alone_ms(heads, feats, boxes, c, device, 1)
+        t1 = next(
+            r
+            for r in rows
+            if r["method"] == "R2-IOS" and r["T"] == 1 and r["proposals"] == row["proposals"]
+        )
+        base = next(
+            r for r in rows if r["method"] == "baseline" and r["proposals"] == row["proposals"]
+        )
+        row["layers_alone_after_first_ms"] = sum(cache[c] for c in later)
+        least = t1["total_ms"] + row["layers_alone_after_first_ms"]
+        row["least_ratio_to_T1"] = least / t1["total_ms"]
+        row["least_ratio_to_baseline"] = least / base["total_ms"]
+
+
 def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]:
     """Inference rows (one per method/T/proposals/skip) and per-width facts at one width."""
     device, (h, w) = args.device, args.image_size
@@ -218,6 +246,7 @@ def bench_inference(args, width: float, repeats: int) -> Tuple[List[dict], dict]
 
     cases = _inference_cases(args)
     rows = _inference_rows(cases, _time_cases(run, cases, args, width, repeats), width, backbone_ms)
+    _add_layers_alone(rows, heads, feats, all_props.proposal_boxes.tensor, device)
     facts = {
         "width": width,
         "backbone_ms": backbone_ms,
@@ -307,7 +336,10 @@ def _note(args, cpu_linear: str) -> str:
         "(bg frac columns: reached). Heads time = ROI heads + detector_postprocess (mask "
         "pasting) for one image; total = backbone + heads. Median over repeats, cases run "
         f"round-robin in one process. Fully connected layers of every model: {cpu_linear} "
-        "(MODEL.R2IOS.CPU_LINEAR on CPU). Memory: " + memory
+        "(MODEL.R2IOS.CPU_LINEAR on CPU). least ×T=1 / ×base: the total T = 4 would have if "
+        "iterations 2..T cost only their layers (box head, autoencoder, predictor) at the "
+        "proposals each ran on, timed alone after the round-robin on pooled inputs (a lower "
+        "bound). Memory: " + memory
     )
 
 

@@ -72,6 +72,24 @@ def test_speed_writes_rows_ratios_and_goals(speed, tmp_path):
         assert budget["active_per_iteration"][0] == plain["active_per_iteration"][0]
         assert sum(budget["active_per_iteration"]) <= sum(plain["active_per_iteration"])
     assert sum("TEST_REFINE_NMS 0.5" in g["goal"] for g in result["goals"]) == 2
+    # The bound from the layers alone: on the rows whose later iterations ran, from T = 1's
+    # total; between T = 1's and the measured T = 4's is not asserted (timings).
+    for row in result["inference"]:
+        later = any((row["active_per_iteration"] or [0])[1:])
+        assert ("layers_alone_after_first_ms" in row) == (row["method"] == "R2-IOS" and later)
+        if "layers_alone_after_first_ms" in row:
+            t1 = next(
+                r
+                for r in result["inference"]
+                if r["T"] == 1 and r["method"] == "R2-IOS" and r["proposals"] == row["proposals"]
+            )
+            least = t1["total_ms"] + row["layers_alone_after_first_ms"]
+            assert row["layers_alone_after_first_ms"] > 0
+            assert row["least_ratio_to_T1"] == pytest.approx(least / t1["total_ms"])
+            base = row["total_ms"] / row["total_ratio_to_baseline"]
+            assert row["least_ratio_to_baseline"] == pytest.approx(least / base)
+    inference_goals = [g for g in result["goals"] if g["goal"].startswith("inference")]
+    assert inference_goals and all("layers alone: ≥ " in g["measured"] for g in inference_goals)
     assert [(r["method"], r["T"], r["gate"]) for r in result["train"]] == [
         ("baseline", None, None),
         ("R2-IOS", 1, False),
