@@ -338,8 +338,8 @@ def _note(args, cpu_linear: str) -> str:
         f"round-robin in one process. Fully connected layers of every model: {cpu_linear} "
         "(MODEL.R2IOS.CPU_LINEAR on CPU). least ×T=1 / ×base: the total T = 4 would have if "
         "iterations 2..T cost only their layers (box head, autoencoder, predictor) at the "
-        "proposals each ran on, timed alone after the round-robin on pooled inputs (a lower "
-        "bound). Memory: " + memory
+        "proposals each ran on, timed alone after the round-robin on pooled inputs, once per "
+        "count (a lower bound up to the noise between two timings). Memory: " + memory
     )
 
 
