@@ -526,6 +526,44 @@ def test_mask_targets_crop_each_distinct_instance_as_bitmasks_do():
         assert torch.equal(rows.mask_targets(fg, size, torch.device("cpu")), expected)
     # image 1 falls back to one mask per row (rows 1, 4, 5 share box and class)
     assert [len(src[0]) for src in rows.fg_mask_sources] == [7, 2]
+    # With each row's instance index (as R2IOSROIHeads samples them), one source per
+    # instance, without comparing masks: the same targets.
+    p.gt_index, q.gt_index = pick, pick[:3]
+    indexed = TrainingRows([p, q], num_classes=3)
+    assert [len(src[0]) for src in indexed.fg_mask_sources] == [3, 2]
+    for size in (40, 13):
+        assert torch.equal(
+            indexed.mask_targets(fg, size, torch.device("cpu")),
+            rows.mask_targets(fg, size, torch.device("cpu")),
+        )
+
+
+def test_training_samples_each_row_with_its_instance_index(synthetic_inputs):
+    """R2IOSROIHeads' sampled proposals carry ``gt_index``, the matched instance of each row;
+    the losses equal those of the same rows grouped by box and class (no index)."""
+    model = _build(tiny_r2ios_cfg()).train()
+    heads = model.roi_heads
+    images = model.preprocess_image(synthetic_inputs)
+    features = model.backbone(images.tensor)
+    targets = [x["instances"] for x in synthetic_inputs]
+    proposals = [x["proposals"] for x in synthetic_inputs]
+    torch.manual_seed(0)
+    with EventStorage():
+        sampled, losses = heads(images, features, proposals, targets)
+    assert all(not t.has("gt_index") for t in targets)  # the caller's targets unchanged
+    for p, t in zip(sampled, targets):
+        fg = p.gt_classes < heads.num_classes
+        assert fg.any()
+        assert torch.equal(p.gt_boxes.tensor[fg], t.gt_boxes.tensor[p.gt_index[fg]])
+        assert torch.equal(p.gt_masks.tensor[fg], t.gt_masks.tensor[p.gt_index[fg]])
+    for p in sampled:
+        p.remove("gt_index")
+    torch.manual_seed(0)
+    with EventStorage():
+        plain = heads.forward_train(features, sampled)
+    assert sorted(plain) == sorted(losses)
+    for k in losses:
+        torch.testing.assert_close(losses[k], plain[k], rtol=0, atol=0, msg=k)
 
 
 def test_polygon_and_bitmask_targets_give_the_same_mask_loss():

@@ -66,7 +66,10 @@ class TrainingRows:
             local = torch.nonzero((p.gt_classes >= 0) & (p.gt_classes < k)).squeeze(1)
             masks = p.gt_masks[local] if n > 0 else None
             self.fg_masks.append(masks)
-            rows = (p.gt_boxes.tensor[local], p.gt_classes[local]) if n > 0 else None
+            # R2IOSROIHeads labels each row with its instance's index (gt_index): exact
+            # groups; without it rows are grouped by box and class.
+            key = p.gt_index[local] if p.has("gt_index") else None
+            rows = (p.gt_boxes.tensor[local], p.gt_classes[local], key) if n > 0 else None
             self.fg_mask_sources.append(_distinct_bitmasks(masks, *rows) if rows else None)
 
     def mask_targets(
@@ -98,24 +101,30 @@ class TrainingRows:
 
 
 def _distinct_bitmasks(
-    masks: object, gt_boxes: torch.Tensor, gt_classes: torch.Tensor
+    masks: object,
+    gt_boxes: torch.Tensor,
+    gt_classes: torch.Tensor,
+    gt_index: Optional[torch.Tensor] = None,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """The distinct instances among the (F, H, W) ``BitMasks`` of F foreground rows, as a
     float (G, H, W) tensor, and each row's (F,) index into it; None for other masks.
 
-    Rows matched to one ground-truth instance share its box, class and mask: rows are
-    grouped by box and class, and a group only merges if its masks are equal, so the
-    result is exact whatever the matching was.
+    With ``gt_index`` (F,), each row's ground-truth instance, rows of one instance share its
+    mask. Without it rows are grouped by box and class, and a group only merges if its masks
+    are equal, so the result is exact whatever the matching was.
     """
     if not isinstance(masks, BitMasks):
         return None
     t = masks.tensor
-    key = torch.cat([gt_boxes.to(torch.float64), gt_classes[:, None].to(torch.float64)], dim=1)
+    if gt_index is not None:
+        key = gt_index[:, None]
+    else:
+        key = torch.cat([gt_boxes.to(torch.float64), gt_classes[:, None].to(torch.float64)], 1)
     _, index = torch.unique(key, dim=0, return_inverse=True)
     first = torch.full((int(index.max()) + 1,), len(index), dtype=torch.long, device=t.device)
     first = first.scatter_reduce(0, index, torch.arange(len(index), device=t.device), "amin")
-    if not torch.equal(t, t[first[index]]):  # same box and class, different masks
-        return t.to(torch.float32), torch.arange(len(t), device=t.device)
+    if gt_index is None and not torch.equal(t, t[first[index]]):
+        return t.to(torch.float32), torch.arange(len(t), device=t.device)  # masks differ
     return t[first].to(torch.float32), index
 
 

@@ -155,6 +155,14 @@ def check_r2ios_head_settings(
         raise ValueError("R2IOSROIHeads: " + "; ".join(problems))
 
 
+def _with_instance_index(targets: Instances) -> Instances:
+    """A shallow copy of one image's ground truth with ``gt_index`` (G,): each instance's
+    index. Sampling copies it to every matched proposal like the other ``gt_*`` fields."""
+    out = Instances(targets.image_size, **targets.get_fields())
+    out.gt_index = torch.arange(len(targets), device=targets.gt_classes.device)
+    return out
+
+
 @ROI_HEADS_REGISTRY.register()
 class R2IOSROIHeads(StandardROIHeads):
     """Recursive instance-level segmentation and proposal refinement (Sec. 3 of the paper).
@@ -292,7 +300,10 @@ class R2IOSROIHeads(StandardROIHeads):
         with self.mask_head.reusing_derived_weights():
             if self.training:
                 assert targets, "'targets' argument is required during training"
-                proposals = self.label_and_sample_proposals(proposals, targets)
+                # Each sampled row also gets its instance's index (gt_index): rows of one
+                # instance share its mask target source, found without comparing masks.
+                indexed = [_with_instance_index(t) for t in targets]
+                proposals = self.label_and_sample_proposals(proposals, indexed)
                 return proposals, self.forward_train(features, proposals)
             return self.forward_inference(features, proposals), {}
 
@@ -356,8 +367,9 @@ class R2IOSROIHeads(StandardROIHeads):
         Args:
             features: backbone outputs, each (N, C, H_l, W_l).
             proposals: per image, the sampled proposals with ``proposal_boxes``,
-                ``gt_classes`` and, where the image has ground truth, ``gt_boxes`` and
-                ``gt_masks`` (output of :meth:`label_and_sample_proposals`).
+                ``gt_classes`` and, where the image has ground truth, ``gt_boxes``,
+                ``gt_masks`` and optionally ``gt_index`` (output of
+                :meth:`label_and_sample_proposals`; :meth:`forward` adds ``gt_index``).
 
         Returns:
             ``loss_cls``, ``loss_box_reg``, ``loss_mask`` (and ``loss_mask_conf``): sums over
