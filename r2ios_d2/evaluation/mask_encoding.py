@@ -140,8 +140,10 @@ def _runs(
     starts, ends = steps[0::2], steps[1::2]
     k = np.searchsorted(lay.start, starts, side="right") - 1
     fg = np.bincount(k, weights=ends - starts, minlength=n).astype(np.int64)
-    # The last pixel of a run is inside its column; the exclusive end follows it in the image.
-    return k, lay.to_image(k, starts, height), lay.to_image(k, ends - 1, height) + 1, fg
+    # A run stays in one stored column (or in a full-height window, whose columns follow
+    # each other in the image too): its pixels are consecutive in the image as in the buffer.
+    first = lay.to_image(k, starts, height)
+    return k, first, first + (ends - starts), fg
 
 
 def _counts(
