@@ -300,12 +300,18 @@ class R2IOSROIHeads(StandardROIHeads):
         with self.mask_head.reusing_derived_weights():
             if self.training:
                 assert targets, "'targets' argument is required during training"
-                # Each sampled row also gets its instance's index (gt_index): rows of one
-                # instance share its mask target source, found without comparing masks.
-                indexed = [_with_instance_index(t) for t in targets]
-                proposals = self.label_and_sample_proposals(proposals, indexed)
+                proposals = self.label_and_sample_proposals(proposals, targets)
                 return proposals, self.forward_train(features, proposals)
             return self.forward_inference(features, proposals), {}
+
+    def label_and_sample_proposals(
+        self, proposals: List[Instances], targets: List[Instances]
+    ) -> List[Instances]:
+        """detectron2's matching and sampling; each sampled row also carries ``gt_index``, the
+        index of its ground-truth instance in ``targets`` (the targets are not modified), so
+        that rows of one instance share its mask-target source without comparing masks."""
+        indexed = [_with_instance_index(t) for t in targets]
+        return super().label_and_sample_proposals(proposals, indexed)
 
     def _predict(
         self,
@@ -368,8 +374,8 @@ class R2IOSROIHeads(StandardROIHeads):
             features: backbone outputs, each (N, C, H_l, W_l).
             proposals: per image, the sampled proposals with ``proposal_boxes``,
                 ``gt_classes`` and, where the image has ground truth, ``gt_boxes``,
-                ``gt_masks`` and optionally ``gt_index`` (output of
-                :meth:`label_and_sample_proposals`; :meth:`forward` adds ``gt_index``).
+                ``gt_masks`` and ``gt_index`` (output of :meth:`label_and_sample_proposals`;
+                without ``gt_index`` rows are grouped by box and class).
 
         Returns:
             ``loss_cls``, ``loss_box_reg``, ``loss_mask`` (and ``loss_mask_conf``): sums over
